@@ -1,0 +1,46 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "SocketShare",
+    products: [
+        .library(name: "SocketShare", targets: ["SocketShare"]),
+        .executable(name: "sockshare", targets: ["sockshare"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+    ],
+    targets: [
+        // Only what Swift cannot express: CMSG_* macros, variadic syscall(2), GNU-only calls.
+        .target(
+            name: "CSocketShare",
+            cSettings: [.define("_GNU_SOURCE")]
+        ),
+        .target(
+            name: "SocketShare",
+            dependencies: [
+                "CSocketShare",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .executableTarget(
+            name: "sockshare",
+            dependencies: [
+                "SocketShare",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // A small program the multi-process tests drive over its stdin/stdout.
+        .executableTarget(
+            name: "sockshare-test-helper",
+            dependencies: ["SocketShare"],
+            path: "Tests/TestHelper"
+        ),
+        .testTarget(
+            name: "SocketShareTests",
+            dependencies: ["SocketShare"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,63 @@
+// The C shim of SocketShare: only what Swift cannot express.
+//
+// - the CMSG_* macros (function-like macros are not imported into Swift),
+// - raw syscall(2) for calls glibc does not wrap (pidfd_open, pidfd_getfd, pidfd_send_signal),
+// - GNU-only declarations (accept4, struct ucred, posix_spawn_file_actions_addclosefrom_np).
+//
+// Everything else lives in Swift, in Sources/SocketShare/Kernel.
+#ifndef CSOCKETSHARE_H
+#define CSOCKETSHARE_H
+
+#include <spawn.h>
+#include <stddef.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+/// CMSG_SPACE(len): bytes of control buffer one control message with `len` data bytes needs.
+static inline size_t cs_cmsg_space(size_t len) { return CMSG_SPACE(len); }
+
+/// CMSG_LEN(len): the value of cmsg_len for a control message with `len` data bytes.
+static inline size_t cs_cmsg_len(size_t len) { return CMSG_LEN(len); }
+
+/// CMSG_FIRSTHDR(msg), or NULL.
+static inline struct cmsghdr *cs_cmsg_firsthdr(struct msghdr *msg) { return CMSG_FIRSTHDR(msg); }
+
+/// CMSG_NXTHDR(msg, cmsg), or NULL.
+static inline struct cmsghdr *cs_cmsg_nxthdr(struct msghdr *msg, struct cmsghdr *cmsg) {
+    return CMSG_NXTHDR(msg, cmsg);
+}
+
+/// CMSG_DATA(cmsg).
+static inline unsigned char *cs_cmsg_data(struct cmsghdr *cmsg) { return CMSG_DATA(cmsg); }
+
+/// The SO_PEERPIDFD option (Linux 6.5); older headers lack the constant.
+#define CS_SO_PEERPIDFD 77
+
+/// pidfd_open(2). Returns a pidfd (always close-on-exec) or -1 with errno.
+int cs_pidfd_open(pid_t pid, unsigned int flags);
+
+/// pidfd_getfd(2). Returns a new close-on-exec descriptor or -1 with errno.
+int cs_pidfd_getfd(int pidfd, int targetfd, unsigned int flags);
+
+/// pidfd_send_signal(2) without siginfo. Signal 0 checks that the process is alive.
+int cs_pidfd_send_signal(int pidfd, int sig, unsigned int flags);
+
+/// accept4(2).
+int cs_accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags);
+
+/// getsockopt(SO_PEERCRED): the credentials the peer had when it connected.
+int cs_getpeercred(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
+
+/// posix_spawn_file_actions_addclosefrom_np(3) (glibc 2.34).
+int cs_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from);
+
+/// dup3(2) (GNU).
+int cs_dup3(int oldfd, int newfd, int flags);
+
+/// pipe2(2) (GNU).
+int cs_pipe2(int fds[2], int flags);
+
+/// prctl(PR_SET_PTRACER, pid): lets `pid` ptrace (and pidfd_getfd from) this process under Yama scope 1.
+int cs_set_ptracer(pid_t pid);
+
+#endif

@@ -1,0 +1,118 @@
+import Glibc
+
+/// A connected `SOCK_SEQPACKET` Unix socket that carries messages of bytes plus descriptors.
+///
+/// Every layer above uses this one piece: claims, deposits, connection handoff, takeover. A message
+/// is one packet, so descriptors stay with the bytes they were sent with. Each message carries at
+/// most 252 descriptors (``maximumDescriptorsPerMessage``); ``sendBatch(_:deadline:)`` splits more.
+///
+/// Received descriptors are close-on-exec (`MSG_CMSG_CLOEXEC`) and owned by the returned
+/// ``ChannelMessage``. When the kernel had to cut descriptors off (`MSG_CTRUNC`) or the message
+/// was longer than the buffer, whatever arrived is closed and the call throws: nothing leaks.
+///
+/// Every wait takes a deadline (nil waits forever). The socket itself stays blocking; waits use
+/// `MSG_DONTWAIT` and `poll(2)`, so a holder of another descriptor of it is not affected.
+public final class DescriptorChannel: Sendable {
+    /// The most descriptors one message carries (the kernel's 253, less one, as HAProxy learned on musl).
+    public static let maximumDescriptorsPerMessage = Kernel.maximumDescriptorsPerMessage
+
+    /// The channel's socket.
+    public let socket: SocketDescriptor
+
+    /// Wraps a connected `SOCK_SEQPACKET` Unix socket.
+    public init(_ socket: SocketDescriptor) {
+        self.socket = socket
+    }
+
+    /// A connected pair of channels (`socketpair(AF_UNIX, SOCK_SEQPACKET)`).
+    public static func pair() throws(SocketShareError) -> (DescriptorChannel, DescriptorChannel) {
+        let (first, second) = try SocketDescriptor.pair(kind: .seqpacket)
+        return (DescriptorChannel(first), DescriptorChannel(second))
+    }
+
+    /// Connects to a `SOCK_SEQPACKET` listener at a Unix path.
+    public static func connect(to path: String) throws(SocketShareError) -> DescriptorChannel {
+        DescriptorChannel(try SocketDescriptor.connected(to: .unix(path: path), kind: .seqpacket))
+    }
+
+    /// Closes this side of the channel; the peer's next receive sees the end.
+    public func close() throws(SocketShareError) { try socket.close() }
+
+    /// Sends one message: `bytes` (at least one byte) and up to 252 descriptors, which stay owned by
+    /// the caller; the receiver gets its own copies.
+    ///
+    /// The corresponding C function is `sendmsg(2)` with an `SCM_RIGHTS` control message.
+    ///
+    /// - Throws: ``SocketShareError``: `invalidArgument` for an empty message or too many descriptors,
+    ///   `timedOut` when the peer does not make room by `deadline`, `system` for the kernel's errors
+    ///   (`EPIPE` when the peer has closed).
+    public func send(_ bytes: [UInt8], descriptors: [CInt] = [], deadline: ContinuousClock.Instant? = nil) throws(SocketShareError) {
+        guard !bytes.isEmpty else {
+            throw SocketShareError(.invalidArgument, operation: "send", detail: "a message needs at least one byte")
+        }
+        guard descriptors.count <= Self.maximumDescriptorsPerMessage else {
+            throw SocketShareError(
+                .invalidArgument, operation: "send",
+                detail: "\(descriptors.count) descriptors in one message; the limit is \(Self.maximumDescriptorsPerMessage) (use sendBatch)")
+        }
+        while true {
+            do throws(SocketShareError) {
+                _ = try bytes.withBytes { (buffer) throws(SocketShareError) in
+                    try Kernel.sendMessage(socket.rawValue, buffer, descriptors: descriptors, flags: Kernel.dontWait)
+                }
+                return
+            } catch where error.errno?.rawValue == EAGAIN || error.errno?.rawValue == ENOBUFS {
+                try waitUntil(POLLOUT, deadline: deadline, operation: "send")
+            }
+        }
+    }
+
+    /// Receives one message, or nil when the peer has closed the channel.
+    ///
+    /// - Parameters:
+    ///   - maximumBytes: The longest message accepted; a longer one is an error (its descriptors closed).
+    ///   - deadline: When to give up waiting (`timedOut`).
+    public func receive(maximumBytes: Int = 65536, deadline: ContinuousClock.Instant? = nil) throws(SocketShareError) -> ChannelMessage? {
+        var buffer = [UInt8](repeating: 0, count: maximumBytes)
+        while true {
+            let received = try buffer.withMutableBytes { (raw) throws(SocketShareError) in
+                try Kernel.receiveMessage(
+                    socket.rawValue, into: raw, maximumDescriptors: Self.maximumDescriptorsPerMessage, flags: Kernel.dontWait)
+            }
+            guard let received else {
+                try waitUntil(POLLIN, deadline: deadline, operation: "receive")
+                continue
+            }
+            let descriptors = received.descriptors.map { SocketDescriptor(taking: $0) }
+            if received.byteCount == 0 && descriptors.isEmpty { return nil }
+            return ChannelMessage(bytes: Array(buffer[0..<received.byteCount]), descriptors: descriptors)
+        }
+    }
+
+    /// Waits for `events` on the socket until `deadline`.
+    func waitUntil(_ events: CInt, deadline: ContinuousClock.Instant?, operation: String) throws(SocketShareError) {
+        var fds = [pollfd(fd: socket.rawValue, events: Int16(events), revents: 0)]
+        if try Kernel.poll(&fds, deadline: deadline) == 0 {
+            throw SocketShareError(.timedOut, operation: operation, detail: "the peer did not answer in time")
+        }
+    }
+}
+
+/// One message received on a ``DescriptorChannel``: its bytes and the descriptors that came with it.
+public struct ChannelMessage: Sendable {
+    /// The message's bytes.
+    public var bytes: [UInt8]
+    /// The descriptors that arrived with it, owned by this message (close-on-exec).
+    public var descriptors: [SocketDescriptor]
+
+    /// Creates a message.
+    public init(bytes: [UInt8], descriptors: [SocketDescriptor]) {
+        self.bytes = bytes
+        self.descriptors = descriptors
+    }
+
+    /// Closes every descriptor the message carries.
+    public func closeDescriptors() {
+        for descriptor in descriptors { try? descriptor.close() }
+    }
+}

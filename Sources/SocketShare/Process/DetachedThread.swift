@@ -1,0 +1,28 @@
+import Glibc
+
+/// Starts a detached POSIX thread: the escrow holder's loop runs on one so that it serves claims
+/// whatever the caller's threads are doing.
+enum DetachedThread {
+    private final class Box {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+
+    /// Runs `body` on a new detached thread.
+    static func start(_ body: @escaping @Sendable () -> Void) throws(SocketShareError) {
+        let context = Unmanaged.passRetained(Box(body)).toOpaque()
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        pthread_attr_setdetachstate(&attributes, CInt(PTHREAD_CREATE_DETACHED))
+        var thread = pthread_t()
+        let result = pthread_create(&thread, &attributes, { context in
+            Unmanaged<Box>.fromOpaque(context!).takeRetainedValue().body()
+            return nil
+        }, context)
+        if result != 0 {
+            Unmanaged<Box>.fromOpaque(context).release()
+            throw SocketShareError.system("pthread_create", errno: result)
+        }
+    }
+}

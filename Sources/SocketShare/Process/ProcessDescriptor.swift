@@ -1,0 +1,81 @@
+import Glibc
+
+/// A pidfd: a descriptor that names one process for its whole life and cannot be fooled by pid reuse.
+///
+/// Its ``identity`` is exact: the start time is read from `/proc` and then the pidfd is checked to
+/// still name a live process, so the reading cannot belong to a later process with the same pid.
+final class ProcessDescriptor: Sendable {
+    /// The pidfd (close-on-exec).
+    let rawValue: CInt
+    /// The process it names.
+    let identity: ProcessIdentity
+
+    /// Opens a pidfd for `pid` (`pidfd_open(2)`).
+    ///
+    /// - Throws: ``SocketShareError`` with code `invalidArgument` when no such process exists.
+    init(pid: pid_t) throws(SocketShareError) {
+        guard pid > 0 else {
+            throw SocketShareError(.invalidArgument, operation: "open process", detail: "pid \(pid) is not a process id")
+        }
+        let fd: CInt
+        do throws(SocketShareError) {
+            fd = try Kernel.openProcess(pid)
+        } catch where error.errno?.rawValue == ESRCH {
+            throw SocketShareError(.invalidArgument, operation: "open process", detail: "no process with pid \(pid)")
+        }
+        do throws(SocketShareError) {
+            self.identity = try Self.verifiedIdentity(pidfd: fd, pid: pid)
+            self.rawValue = fd
+        } catch {
+            try? Kernel.close(fd)
+            throw error
+        }
+    }
+
+    /// Takes ownership of a pidfd the kernel gave us (`SO_PEERPIDFD`); reads its pid from
+    /// `/proc/self/fdinfo`.
+    init(taking pidfd: CInt) throws(SocketShareError) {
+        do throws(SocketShareError) {
+            let info = try Kernel.readFile("/proc/self/fdinfo/\(pidfd)")
+            var pid: pid_t = 0
+            for line in info.split(separator: UInt8(ascii: "\n")) where line.starts(with: Array("Pid:".utf8)) {
+                pid = pid_t(String(decoding: line.dropFirst(4), as: UTF8.self).trimmingSpaces) ?? 0
+            }
+            guard pid > 0 else {
+                throw SocketShareError(.holderGone, operation: "identify peer", detail: "the peer process has exited")
+            }
+            self.identity = try Self.verifiedIdentity(pidfd: pidfd, pid: pid)
+            self.rawValue = pidfd
+        } catch {
+            try? Kernel.close(pidfd)
+            throw error
+        }
+    }
+
+    deinit { try? Kernel.close(rawValue) }
+
+    /// Whether the process has exited (the pidfd polls readable once it has).
+    var hasExited: Bool {
+        var fds = [pollfd(fd: rawValue, events: Int16(POLLIN), revents: 0)]
+        return ((try? Kernel.poll(&fds, deadline: .now)) ?? 0) > 0
+    }
+
+    private static func verifiedIdentity(pidfd: CInt, pid: pid_t) throws(SocketShareError) -> ProcessIdentity {
+        let startTime = try ProcessIdentity.startTime(of: pid)
+        guard Kernel.isAlive(pidfd) else {
+            throw SocketShareError(.invalidArgument, operation: "open process", detail: "pid \(pid) exited")
+        }
+        return ProcessIdentity(pid: pid, startTime: startTime)
+    }
+}
+
+extension String {
+    /// The string without leading and trailing spaces, tabs and newlines.
+    var trimmingSpaces: String {
+        let scalars = unicodeScalars
+        let isSpace: (Unicode.Scalar) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == "\r" }
+        guard let first = scalars.firstIndex(where: { !isSpace($0) }),
+              let last = scalars.lastIndex(where: { !isSpace($0) }) else { return "" }
+        return String(scalars[first...last])
+    }
+}

@@ -1,0 +1,113 @@
+extension EscrowHolder {
+    /// What to do after a request.
+    enum Answer {
+        /// Send this reply and keep the connection.
+        case reply(EscrowMessage)
+        /// Send this reply and drop the connection (the client broke the protocol).
+        case replyAndClose(EscrowMessage)
+        /// A descriptor was handed out (the reply is sent); wait for the acknowledgement.
+        case handedOut
+        /// Nothing to send.
+        case silent
+    }
+
+    /// Decides the answer to one message. Descriptors that came with it are closed by the caller.
+    func respond(to message: ChannelMessage, from connection: Connection) -> Answer {
+        if let version = message.bytes.first, version != EscrowMessage.version {
+            return .replyAndClose(.failure(
+                .unsupportedVersion,
+                "protocol version \(version) is not supported; this holder speaks version \(EscrowMessage.version)"))
+        }
+        let request: EscrowMessage
+        do throws(SocketShareError) {
+            request = try EscrowMessage(bytes: message.bytes)
+        } catch {
+            let kind: EscrowFailure = error.detail.contains("field type") ? .unknownMessage : .malformed
+            return .replyAndClose(.failure(kind, error.detail))
+        }
+        if !message.descriptors.isEmpty {
+            return .replyAndClose(.failure(.malformed, "descriptors are not expected with this message; they were closed"))
+        }
+        switch request {
+        case .claim(let shareID, let secret):
+            return claim(shareID, secret: secret, by: connection)
+        case .acknowledge(let shareID):
+            return acknowledge(shareID, by: connection)
+        case .claimed, .failure:
+            return .replyAndClose(.failure(.unknownMessage, "that message is a reply; a holder does not accept it"))
+        }
+    }
+
+    /// Authorises a claim and hands the descriptor out, keeping the holder's copy until acknowledged.
+    private func claim(_ id: UInt64, secret: ShareSecret, by connection: Connection) -> Answer {
+        if connection.offered != nil {
+            return .replyAndClose(.failure(.malformed, "a claim is already waiting for its acknowledgement on this connection"))
+        }
+        return state.withLock { state -> Answer in
+            guard let entry = state.entries[id], let held = entry.secret, held == secret else {
+                if let finished = state.history[id], let held = finished.secret, held == secret {
+                    return .reply(Self.refusal(for: finished.outcome))
+                }
+                return .reply(.failure(.notFound, "no share with this id and secret is held here"))
+            }
+            let peer = connection.peer
+            guard peer.pid == entry.target.pid else {
+                return .reply(.failure(
+                    .wrongProcess, "this share is for pid \(entry.target.pid); pid \(peer.pid) may not claim it"))
+            }
+            guard peer.startTime == entry.target.startTime else {
+                return .reply(.failure(
+                    .wrongStartTime,
+                    "pid \(peer.pid) is not the target process: it started at tick \(peer.startTime), the target "
+                        + "at tick \(entry.target.startTime) (the target exited and its pid was reused)"))
+            }
+            guard connection.peerUID == entry.targetUID else {
+                return .reply(.failure(
+                    .wrongUser, "the claimant runs as uid \(connection.peerUID); the target ran as uid \(entry.targetUID)"))
+            }
+            guard entry.offeredTo == nil else {
+                return .reply(.failure(.claimInProgress, "this share was handed out and awaits its acknowledgement"))
+            }
+            guard entry.deadline > .now else {
+                return .reply(.failure(.expired, "the share expired"))
+            }
+            // Sent under the lock so that no revoke or expiry can close the descriptor mid-send.
+            guard reply(connection, .claimed(shareID: id), descriptors: [entry.descriptor.rawValue]) else {
+                return .silent
+            }
+            state.entries[id]?.offeredTo = ObjectIdentifier(connection)
+            connection.offered = id
+            return .handedOut
+        }
+    }
+
+    /// The target confirms it holds the descriptor: the share is done and the holder's copy closed.
+    private func acknowledge(_ id: UInt64, by connection: Connection) -> Answer {
+        if connection.offered == id {
+            connection.offered = nil
+            connection.deadline = .now + configuration.requestTimeout
+            finish(id, .claimed(by: connection.peer))
+            return .silent
+        }
+        // A pidfd share: the target pulled the descriptor itself and says so.
+        let isPulledShare = state.withLock { state in
+            guard let entry = state.entries[id], entry.secret == nil else { return false }
+            return entry.target == connection.peer && entry.targetUID == connection.peerUID
+        }
+        if isPulledShare {
+            finish(id, .claimed(by: connection.peer))
+            return .silent
+        }
+        return .replyAndClose(.failure(.malformed, "acknowledge of share \(id), which was not handed to this connection"))
+    }
+
+    static func refusal(for outcome: ShareOutcome) -> EscrowMessage {
+        switch outcome {
+        case .claimed(let by): .failure(.alreadyClaimed, "the share was already claimed by pid \(by.pid); shares are single use")
+        case .expired: .failure(.expired, "the share expired before it was claimed")
+        case .revoked: .failure(.revoked, "the source revoked the share")
+        case .targetExited: .failure(.revoked, "the share's target exited before claiming it")
+        case .holderStopped: .failure(.revoked, "the holder stopped")
+        }
+    }
+}

@@ -1,0 +1,112 @@
+import Glibc
+
+/// SocketShare's `WSAPROTOCOL_INFO`: everything a target needs to adopt a shared socket.
+///
+/// A source gets a token from ``SocketShare/duplicate(_:for:options:)`` and passes it to the target
+/// over any IPC: a pipe, a file, an environment variable, an HTTP header. Its text form
+/// (``text``) is one line of URL-safe characters starting with `sks1.`; its binary form
+/// (``bytes``) is compact. The target redeems it with ``SocketShare/adopt(_:)``.
+///
+/// A token describes the socket (family, type, protocol, state, inode), names the source and the
+/// target process by pid and start time, says when it expires, and says how to redeem it. The
+/// holder authorises claims from its own records, not from the token, so editing a token gains
+/// nothing; the checksum only catches corruption.
+public struct ShareToken: Hashable, Sendable {
+    /// How to redeem a token.
+    public enum Redemption: Hashable, Sendable {
+        /// Claim from the escrow holder (sharer or broker) at ``ShareToken/endpoint``, proving the secret.
+        case escrow(secret: ShareSecret)
+        /// Pull descriptor `descriptor` from the source process with `pidfd_getfd(2)`, then tell the
+        /// holder at ``ShareToken/endpoint`` so it can close its copy.
+        case pidfd(descriptor: CInt)
+    }
+
+    /// The binary format version this build writes and reads.
+    public static let currentVersion: UInt8 = 1
+    /// The text form's prefix: format name and version.
+    public static let textPrefix = "sks1."
+
+    /// The format version.
+    public var version: UInt8
+    /// Who holds the share and how it is redeemed.
+    public var mechanism: ShareMechanism
+    /// The socket's family.
+    public var family: SocketFamily
+    /// The socket's type.
+    public var kind: SocketKind
+    /// The socket's protocol number.
+    public var protocolNumber: CInt
+    /// Whether the socket was listening when shared.
+    public var isListening: Bool
+    /// Whether the socket was connected when shared.
+    public var isConnected: Bool
+    /// Whether `O_NONBLOCK` was set when shared (it is shared by every holder).
+    public var isNonBlocking: Bool
+    /// The socket's inode; the adopter checks the descriptor it receives against it.
+    public var socketInode: UInt64
+    /// The process that shared the socket.
+    public var source: ProcessIdentity
+    /// The only process that may claim the share.
+    public var target: ProcessIdentity
+    /// When the share was made, in milliseconds since the Unix epoch.
+    public var createdAtMilliseconds: UInt64
+    /// When the share expires, in milliseconds since the Unix epoch.
+    public var expiresAtMilliseconds: UInt64
+    /// The path of the holder's `SOCK_SEQPACKET` socket (sharer or broker).
+    public var endpoint: String
+    /// The share's id at its holder.
+    public var shareID: UInt64
+    /// How to redeem it.
+    public var redemption: Redemption
+
+    /// Creates a token from its parts. Tokens normally come from `duplicate` or from decoding.
+    public init(
+        mechanism: ShareMechanism, description: SocketDescription, source: ProcessIdentity, target: ProcessIdentity,
+        createdAtMilliseconds: UInt64, expiresAtMilliseconds: UInt64, endpoint: String, shareID: UInt64,
+        redemption: Redemption
+    ) {
+        self.version = Self.currentVersion
+        self.mechanism = mechanism
+        self.family = description.family
+        self.kind = description.kind
+        self.protocolNumber = description.protocolNumber
+        self.isListening = description.isListening
+        self.isConnected = description.isConnected
+        self.isNonBlocking = description.isNonBlocking
+        self.socketInode = description.identity.inode
+        self.source = source
+        self.target = target
+        self.createdAtMilliseconds = createdAtMilliseconds
+        self.expiresAtMilliseconds = expiresAtMilliseconds
+        self.endpoint = endpoint
+        self.shareID = shareID
+        self.redemption = redemption
+    }
+
+    /// Whether the token's expiry time has passed by the wall clock.
+    public var isExpired: Bool { ShareTime.nowMilliseconds >= expiresAtMilliseconds }
+}
+
+/// Wall-clock time as tokens carry it: milliseconds since the Unix epoch.
+public enum ShareTime {
+    /// Milliseconds since the Unix epoch now (`CLOCK_REALTIME`).
+    public static var nowMilliseconds: UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return UInt64(now.tv_sec) * 1000 + UInt64(now.tv_nsec) / 1_000_000
+    }
+
+    /// The ISO 8601 form in UTC: `2026-11-25T20:30:00.123Z`.
+    public static func iso8601(milliseconds: UInt64) -> String {
+        var seconds = time_t(milliseconds / 1000)
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        func pad(_ value: Int32, _ width: Int) -> String {
+            let text = String(value)
+            return String(repeating: "0", count: max(0, width - text.count)) + text
+        }
+        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))"
+            + "T\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2))"
+            + ".\(pad(Int32(milliseconds % 1000), 3))Z"
+    }
+}

@@ -1,0 +1,73 @@
+/// Builds big-endian (network order) binary messages and tokens.
+struct ByteWriter {
+    /// The bytes written so far.
+    private(set) var bytes: [UInt8] = []
+
+    init(capacity: Int = 64) { bytes.reserveCapacity(capacity) }
+
+    mutating func write(_ value: UInt8) { bytes.append(value) }
+
+    mutating func write<T: FixedWidthInteger & UnsignedInteger>(_ value: T) {
+        withUnsafeBytes(of: value.bigEndian) { bytes.append(contentsOf: $0) }
+    }
+
+    mutating func write(_ raw: some Sequence<UInt8>) { bytes.append(contentsOf: raw) }
+}
+
+/// Reads big-endian binary input strictly: every read names its field, and a short input is an error
+/// naming the field it cut off, never a crash.
+struct ByteReader {
+    private let bytes: [UInt8]
+    /// The offset of the next byte to read.
+    private(set) var offset: Int = 0
+    /// What is being decoded, for error messages: `"decode token"`, `"decode message"`.
+    let operation: String
+
+    init(_ bytes: [UInt8], operation: String) {
+        self.bytes = bytes
+        self.operation = operation
+    }
+
+    /// Bytes not read yet.
+    var remaining: Int { bytes.count - offset }
+
+    mutating func read<T: FixedWidthInteger & UnsignedInteger>(_ type: T.Type = T.self, field: String) throws(SocketShareError) -> T {
+        let size = MemoryLayout<T>.size
+        guard remaining >= size else { throw truncated(field, needing: size) }
+        var value: T = 0
+        for index in offset..<(offset + size) { value = value << 8 | T(bytes[index]) }
+        offset += size
+        return value
+    }
+
+    mutating func readBytes(_ count: Int, field: String) throws(SocketShareError) -> [UInt8] {
+        guard count >= 0, remaining >= count else { throw truncated(field, needing: count) }
+        defer { offset += count }
+        return Array(bytes[offset..<(offset + count)])
+    }
+
+    /// All bytes not read yet.
+    mutating func readRest() -> [UInt8] {
+        defer { offset = bytes.count }
+        return Array(bytes[offset...])
+    }
+
+    /// Throws unless every byte has been read.
+    func expectEnd(_ what: String) throws(SocketShareError) {
+        guard remaining == 0 else {
+            throw SocketShareError(
+                .malformed, operation: operation, detail: "\(remaining) unexpected bytes after \(what)")
+        }
+    }
+
+    /// An error naming `field` and what is wrong with its value.
+    func invalid(_ field: String, _ why: String) -> SocketShareError {
+        SocketShareError(.malformed, operation: operation, detail: "field \(field): \(why)")
+    }
+
+    private func truncated(_ field: String, needing count: Int) -> SocketShareError {
+        SocketShareError(
+            .malformed, operation: operation,
+            detail: "field \(field): input ends at byte \(bytes.count), \(count) more bytes needed (truncated?)")
+    }
+}

@@ -1,0 +1,72 @@
+import ArgumentParser
+import Glibc
+import SocketShare
+
+struct Bind: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Bind a listening socket and run a command with it, systemd socket-activation style.",
+        discussion: """
+            Creates a socket bound to ADDR (listening, for stream and seqpacket), places it at descriptor N \
+            (default 3), sets LISTEN_FDS=1, LISTEN_PID=<this pid>, LISTEN_FDNAMES=NAME and \
+            SOCKSHARE_BOUND=<the bound address, port filled in>, and execs COMMAND. Handy to give a shell \
+            pipeline a socket to share.
+
+            ADDR: tcp://HOST:PORT, tcp://[IPv6]:PORT, udp://HOST:PORT, unix:///PATH, unix-dgram:///PATH, \
+            unix-seqpacket:///PATH. Port 0 picks a free port.
+
+            Example:
+              sockshare bind tcp://127.0.0.1:0 --print -- sockshare share --fd 3 --to "$TARGET_PID"
+            """
+    )
+
+    @Argument(help: ArgumentHelp("The address to bind.", valueName: "ADDR"))
+    var address: String
+
+    @Option(name: .customLong("fd"), help: ArgumentHelp("The descriptor number COMMAND gets the socket at.", valueName: "N"))
+    var descriptor: Int32 = 3
+
+    @Option(help: ArgumentHelp("The name put in LISTEN_FDNAMES.", valueName: "NAME"))
+    var name: String = "listener"
+
+    @Option(help: ArgumentHelp("The listen(2) backlog.", valueName: "N"))
+    var backlog: Int32 = 511
+
+    @Flag(help: "Print the bound address (port filled in) on stdout before running COMMAND.")
+    var print = false
+
+    @Argument(parsing: .postTerminator, help: ArgumentHelp("The program to run with the socket.", valueName: "COMMAND"))
+    var command: [String] = []
+
+    func validate() throws {
+        guard descriptor >= 0 else { throw ValidationError("--fd \(descriptor): a descriptor is a number >= 0") }
+        guard backlog > 0 else { throw ValidationError("--backlog \(backlog): expected a number > 0") }
+        guard !command.isEmpty else { throw ValidationError("missing COMMAND: write it after --") }
+        try ListenNames.validate(name, option: "--name")
+        do {
+            _ = try SocketEndpoint(parsing: address)
+        } catch {
+            throw ValidationError("ADDR \(error.detail)")
+        }
+    }
+
+    func run() throws {
+        let (placed, bound) = try Terminal.run { () throws(SocketShareError) in
+            let endpoint = try SocketEndpoint(parsing: address)
+            let socket = try SocketDescriptor.listening(on: endpoint.address, kind: endpoint.kind, backlog: backlog)
+            let local = SocketEndpoint(address: try socket.socketDescription().localAddress, kind: endpoint.kind)
+            let placed = try socket.place(at: descriptor)
+            if placed !== socket { try socket.close() }
+            return (placed, local)
+        }
+        setenv("LISTEN_FDS", "1", 1)
+        setenv("LISTEN_PID", String(getpid()), 1)
+        setenv("LISTEN_FDNAMES", name, 1)
+        setenv("SOCKSHARE_BOUND", bound.description, 1)
+        if print {
+            try Terminal.run { () throws(SocketShareError) in try Terminal.line(bound.description) }
+        }
+        let failure = ProgramRunner.exec(command)
+        try? placed.close()
+        throw Terminal.fail(failure, exitCode: failure.errno?.rawValue == ENOENT ? 127 : 126)
+    }
+}

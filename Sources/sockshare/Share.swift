@@ -1,0 +1,90 @@
+import ArgumentParser
+import Glibc
+import SocketShare
+import Synchronization
+
+struct Share: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Duplicate one of this process's sockets for another process and print the token.",
+        discussion: """
+            Shares descriptor N, which sockshare inherited from its parent, with process PID. The token is \
+            printed as one line on stdout and flushed at once; pass it to the target over any IPC.
+
+            With --via sharer or pidfd this process is the holder: it stays in the foreground until the \
+            share is claimed (exit 0), expires (exit 2) or the target exits without claiming (exit 3). \
+            SIGINT, SIGTERM or SIGHUP revoke the share (exit 128+signal). Other failures exit 1.
+
+            Example (bash opens a TCP connection as fd 3 and shares it with a waiting process):
+              sockshare share --fd 3 --to "$TARGET_PID" 3<>/dev/tcp/127.0.0.1/8080 > token.txt
+            """
+    )
+
+    @Option(name: .customLong("fd"), help: ArgumentHelp("The descriptor of this process to share.", valueName: "N"))
+    var descriptor: Int32
+
+    @Option(name: .customLong("to"), help: ArgumentHelp("The pid of the process that will adopt it.", valueName: "PID"))
+    var target: Int32
+
+    @Option(help: ArgumentHelp(
+        "Who holds the share until it is claimed: auto (the broker if one answers, else sharer), sharer, pidfd.",
+        valueName: "auto|sharer|pidfd"))
+    var via: String = "auto"
+
+    @Option(help: ArgumentHelp("Seconds the share stays claimable (fractions allowed; at most 86400).", valueName: "SECONDS"))
+    var ttl: Double = 60
+
+    func validate() throws {
+        guard descriptor >= 0 else { throw ValidationError("--fd \(descriptor): a descriptor is a number >= 0") }
+        guard target > 0 else { throw ValidationError("--to \(target): a pid is a number > 0") }
+        guard let mode = ShareOptions.Via(rawValue: via), mode != .broker else {
+            throw ValidationError("--via \(via): expected auto, sharer or pidfd")
+        }
+        guard ttl.isFinite, ttl > 0, ttl <= 86400 else {
+            throw ValidationError("--ttl \(ttl): expected a number of seconds greater than 0 and at most 86400")
+        }
+    }
+
+    func run() async throws {
+        signal(SIGPIPE, SIG_IGN)
+        let options = ShareOptions(via: ShareOptions.Via(rawValue: via)!, timeToLive: .milliseconds(Int64(ttl * 1000)))
+        let token = try Terminal.run { () throws(SocketShareError) in
+            try SocketShare.duplicate(descriptor, for: target, options: options)
+        }
+        do {
+            try Terminal.line(token.text)
+        } catch {
+            SocketShare.revoke(token)
+            SocketShare.stopSharing()
+            throw Terminal.fail(error.within("share"))
+        }
+        // A signal revokes the share, which ends the wait below with `.revoked`.
+        let received = Mutex<CInt>(0)
+        try Terminal.run { () throws(SocketShareError) in
+            try SignalPipe.handle([SIGINT, SIGTERM, SIGHUP]) { number in
+                received.withLock { $0 = number }
+                SocketShare.revoke(token)
+            }
+        }
+        let outcome = await SocketShare.outcome(of: token)
+        SocketShare.stopSharing()
+        switch outcome {
+        case .claimed:
+            return
+        case .expired:
+            throw Terminal.fail(
+                SocketShareError(.expired, operation: "share", detail: "pid \(target) did not claim the share within \(ttl) s; it expired"),
+                exitCode: 2)
+        case .targetExited:
+            throw Terminal.fail(
+                SocketShareError(.revoked, operation: "share", detail: "pid \(target) exited without claiming the share"),
+                exitCode: 3)
+        case .revoked:
+            let number = received.withLock { $0 }
+            throw Terminal.fail(
+                SocketShareError(.revoked, operation: "share", detail: "revoked on signal \(number)"),
+                exitCode: 128 + number)
+        case .holderStopped:
+            throw Terminal.fail(SocketShareError(.holderGone, operation: "share", detail: "the holder stopped"))
+        }
+    }
+}
