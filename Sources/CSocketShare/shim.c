@@ -2,6 +2,7 @@
 
 #include <spawn.h>
 #include <sys/prctl.h>
+#include <sys/vfs.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -52,3 +53,9 @@ int cs_set_ptracer(pid_t pid) { return prctl(PR_SET_PTRACER, (unsigned long)pid,
 int cs_dup3(int oldfd, int newfd, int flags) { return dup3(oldfd, newfd, flags); }
 
 int cs_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
+
+long cs_filesystem_type(int fd) {
+    struct statfs info;
+    if (fstatfs(fd, &info) != 0) return -1;
+    return (long)info.f_type;
+}

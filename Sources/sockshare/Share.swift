@@ -44,11 +44,31 @@ struct Share: AsyncParsableCommand {
         }
     }
 
+    /// Names the argument at fault when the descriptor or the pid is not usable.
+    private func checkArguments() throws(SocketShareError) {
+        do throws(SocketShareError) {
+            _ = try SocketDescription(of: descriptor)
+        } catch {
+            let why = error.errno?.rawValue == EBADF ? "not an open descriptor of this process" : error.detail
+            throw SocketShareError(error.code, operation: "share", detail: "--fd \(descriptor): \(why)")
+        }
+        do throws(SocketShareError) {
+            _ = try ProcessIdentity(pid: target)
+        } catch {
+            throw SocketShareError(error.code, operation: "share", detail: "--to \(target): \(error.detail)")
+        }
+    }
+
     func run() async throws {
         signal(SIGPIPE, SIG_IGN)
         let options = ShareOptions(via: ShareOptions.Via(rawValue: via)!, timeToLive: .milliseconds(Int64(ttl * 1000)))
         let token = try Terminal.run { () throws(SocketShareError) in
-            try SocketShare.duplicate(descriptor, for: target, options: options)
+            try checkArguments()
+            do throws(SocketShareError) {
+                return try SocketShare.duplicate(descriptor, for: target, options: options)
+            } catch {
+                throw error.operation == "share" ? error : error.within("share")
+            }
         }
         do {
             try Terminal.line(token.text)

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Glibc
 import SocketShare
 
 @main
@@ -17,4 +18,36 @@ struct Sockshare: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [Demo.self, Share.self, Adopt.self, Inspect.self, Bind.self]
     )
+
+    /// Parses and runs the command, printing usage errors as one line:
+    /// `sockshare: <command> failed: <what is wrong> (see sockshare <command> --help)`, exit status 64.
+    static func main() async {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        do {
+            var command = try parseAsRoot(arguments)
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success || code == .failure && message(for: error).isEmpty {
+                exit(withError: error)
+            }
+            if error is ExitCode { exit(withError: error) }
+            let name = arguments.first { word in configuration.subcommands.contains { $0._commandName == word } }
+            let what = message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid usage"
+            let help = name.map { "sockshare \($0) --help" } ?? "sockshare --help"
+            let text = what.replacingPrefix("Error: ", with: "")
+            Terminal.note(name.map { "sockshare: \($0) failed: \(text) (see \(help))" } ?? "sockshare: \(text) (see \(help))")
+            Glibc.exit(code.rawValue)
+        }
+    }
+}
+
+extension String {
+    func replacingPrefix(_ prefix: String, with replacement: String) -> String {
+        hasPrefix(prefix) ? replacement + dropFirst(prefix.count) : self
+    }
 }

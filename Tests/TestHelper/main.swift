@@ -1,1 +1,200 @@
-print("placeholder")
+// sockshare-test-helper: a second (or third) real process for the multi-process tests.
+//
+// It reads one command per line on stdin and answers one line on stdout:
+//   ok [WORDS…]            the command worked
+//   error CODE DETAIL…     it failed with a SocketShareError of that code
+// Sockets it holds live in numbered slots. With `--probe-fds` it instead prints its open descriptors
+// (used to check what a program exec'd after adoption inherits) and exits.
+
+import Glibc
+import SocketShare
+
+nonisolated(unsafe) var slots: [Int: SocketDescriptor] = [:]
+nonisolated(unsafe) var nextSlot = 1
+
+func answer(_ words: [String]) {
+    let line = words.joined(separator: " ") + "\n"
+    let bytes = Array(line.utf8)
+    var offset = 0
+    while offset < bytes.count {
+        let written = bytes[offset...].withUnsafeBytes { Glibc.write(1, $0.baseAddress, $0.count) }
+        if written <= 0 { exit(3) }
+        offset += written
+    }
+}
+
+func readLine() -> String? {
+    var bytes: [UInt8] = []
+    var byte: UInt8 = 0
+    while true {
+        let count = Glibc.read(0, &byte, 1)
+        if count < 0 && errno == EINTR { continue }
+        if count <= 0 { return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self) }
+        if byte == UInt8(ascii: "\n") { return String(decoding: bytes, as: UTF8.self) }
+        bytes.append(byte)
+    }
+}
+
+func store(_ socket: SocketDescriptor) -> Int {
+    let slot = nextSlot
+    nextSlot += 1
+    slots[slot] = socket
+    return slot
+}
+
+struct HelperFailure: Error { let text: String }
+
+func slot(_ word: String) throws -> SocketDescriptor {
+    guard let number = Int(word), let socket = slots[number] else { throw HelperFailure(text: "no slot \(word)") }
+    return socket
+}
+
+func openDescriptors() -> [CInt] {
+    guard let directory = opendir("/proc/self/fd") else { return [] }
+    defer { closedir(directory) }
+    let own = dirfd(directory)
+    var fds: [CInt] = []
+    while let entry = readdir(directory) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if let fd = CInt(name), fd != own { fds.append(fd) }
+    }
+    return fds.sorted()
+}
+
+func describe(_ socket: SocketDescriptor) throws -> [String] {
+    let description = try socket.socketDescription()
+    return [
+        "\(description.identity.inode)", "\(description.family)", "\(description.kind)",
+        description.isListening ? "listening" : "-", description.isConnected ? "connected" : "-",
+        description.isNonBlocking ? "nonblocking" : "blocking", socket.isCloseOnExec ? "cloexec" : "inherit",
+        "\(description.localAddress)",
+    ]
+}
+
+func hex(_ bytes: [UInt8]) -> String { bytes.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined() }
+
+func unhex(_ text: String) -> [UInt8] {
+    var bytes: [UInt8] = []
+    var index = text.startIndex
+    while index < text.endIndex, let next = text.index(index, offsetBy: 2, limitedBy: text.endIndex) {
+        bytes.append(UInt8(text[index..<next], radix: 16) ?? 0)
+        index = next
+    }
+    return bytes
+}
+
+func run(_ words: [String]) async throws -> [String] {
+    switch words[0] {
+    case "pid":
+        let me = ProcessIdentity.current
+        return ["\(me.pid)", "\(me.startTime)", "\(getuid())"]
+    case "adopt":
+        let socket = try SocketShare.adopt(try ShareToken(text: words[1]))
+        return ["\(store(socket))"] + (try describe(socket))
+    case "take":
+        // A descriptor placed in this process at spawn time.
+        return ["\(store(SocketDescriptor(taking: CInt(words[1])!)))"]
+    case "describe":
+        return try describe(try slot(words[1]))
+    case "getopt":
+        return ["\(try slot(words[1]).option(CInt(words[2])!, CInt(words[3])!))"]
+    case "setopt":
+        try slot(words[1]).setOption(CInt(words[2])!, CInt(words[3])!, CInt(words[4])!)
+        return []
+    case "nonblock":
+        try slot(words[1]).setNonBlocking(words[2] == "1")
+        return []
+    case "listen":
+        let endpoint = try SocketEndpoint(parsing: words[1])
+        let socket = try SocketDescriptor.listening(on: endpoint.address, kind: endpoint.kind)
+        return ["\(store(socket))"] + (try describe(socket))
+    case "connect":
+        let endpoint = try SocketEndpoint(parsing: words[1])
+        return ["\(store(try SocketDescriptor.connected(to: endpoint.address, kind: endpoint.kind)))"]
+    case "accept":
+        let listener = try slot(words[1])
+        guard try listener.waitUntilReadable(deadline: .now + .seconds(10)), let client = try listener.accept() else {
+            throw HelperFailure(text: "no connection within 10 s")
+        }
+        return ["\(store(client))"]
+    case "send":
+        try slot(words[1]).sendAll(unhex(words[2]))
+        return []
+    case "recv":
+        let socket = try slot(words[1])
+        guard try socket.waitUntilReadable(deadline: .now + .seconds(10)) else { throw HelperFailure(text: "nothing to read within 10 s") }
+        return [hex(try socket.receive())]
+    case "close":
+        try slot(words[1]).close()
+        slots[Int(words[1])!] = nil
+        return []
+    case "fds":
+        return openDescriptors().map(String.init)
+    case "fdcount":
+        return ["\(openDescriptors().count)"]
+    case "inherit-audit":
+        // Descriptors above stdio that a program exec'd now would inherit.
+        return openDescriptors().filter { fd in fd > 2 && fcntl(fd, F_GETFD) & FD_CLOEXEC == 0 }.map(String.init)
+    case "share":
+        let via = words.count > 3 ? ShareOptions.Via(rawValue: words[3])! : .sharer
+        let ttl: Duration = words.count > 4 ? .milliseconds(Int(words[4])!) : ShareOptions.defaultTimeToLive
+        let token = try SocketShare.duplicate(try slot(words[1]), for: pid_t(words[2])!, options: ShareOptions(via: via, timeToLive: ttl))
+        return [token.text]
+    case "outcome":
+        return ["\(await SocketShare.outcome(of: try ShareToken(text: words[1])))".replacingSpaces]
+    case "held":
+        return ["\(SocketShare.heldShareCount)"]
+    case "make-sockets":
+        // N UDP sockets on loopback, for the large-batch test; answers their inodes.
+        var inodes: [String] = []
+        for _ in 0..<Int(words[1])! {
+            let socket = try SocketDescriptor.socket(.inet, .datagram)
+            inodes.append("\(try socket.socketDescription().identity.inode)")
+            _ = store(socket)
+        }
+        return inodes
+    case "send-batch":
+        // Sends every slot's descriptor, in slot order, over the channel in slot words[1].
+        let channel = DescriptorChannel(try slot(words[1]))
+        let fds = slots.keys.sorted().filter { $0 != Int(words[1])! }.map { slots[$0]!.rawValue }
+        try channel.sendBatch(fds, deadline: .now + .seconds(30))
+        return ["\(fds.count)"]
+    case "stop-sharing":
+        SocketShare.stopSharing()
+        return []
+    case "exit":
+        exit(CInt(words[1]) ?? 0)
+    default:
+        throw HelperFailure(text: "unknown command \(words[0])")
+    }
+}
+
+extension String {
+    var replacingSpaces: String { String(map { $0 == " " ? "_" : $0 }) }
+}
+
+if CommandLine.arguments.dropFirst().first == "--probe-fds" {
+    // Every open descriptor with what it is, as `N:target` words.
+    answer(["ok"] + openDescriptors().map { fd in
+        var buffer = [CChar](repeating: 0, count: 256)
+        let count = readlink("/proc/self/fd/\(fd)", &buffer, 255)
+        return "\(fd):" + (count > 0 ? String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "?")
+    } + ["LISTEN_FDS=\(String(cString: getenv("LISTEN_FDS") ?? strdup("")))",
+         "LISTEN_PID=\(String(cString: getenv("LISTEN_PID") ?? strdup("")))",
+         "LISTEN_FDNAMES=\(String(cString: getenv("LISTEN_FDNAMES") ?? strdup("")))",
+         "PID=\(getpid())"])
+    exit(0)
+}
+
+signal(SIGPIPE, SIG_IGN)
+while let line = readLine() {
+    let words = line.split(separator: " ").map(String.init)
+    guard !words.isEmpty else { continue }
+    do {
+        answer(["ok"] + (try await run(words)))
+    } catch let error as SocketShareError {
+        answer(["error", error.code.rawValue, error.description])
+    } catch let error as HelperFailure {
+        answer(["error", "helper", error.text])
+    }
+}

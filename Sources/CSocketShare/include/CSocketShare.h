@@ -57,6 +57,9 @@ int cs_dup3(int oldfd, int newfd, int flags);
 /// pipe2(2) (GNU).
 int cs_pipe2(int fds[2], int flags);
 
+/// fstatfs(2)'s f_type (the file system's magic number) for `fd`, or -1 with errno.
+long cs_filesystem_type(int fd);
+
 /// prctl(PR_SET_PTRACER, pid): lets `pid` ptrace (and pidfd_getfd from) this process under Yama scope 1.
 int cs_set_ptracer(pid_t pid);
 

@@ -1,3 +1,4 @@
+import CSocketShare
 import Glibc
 
 /// A pidfd: a descriptor that names one process for its whole life and cannot be fooled by pid reuse.
@@ -9,6 +10,9 @@ final class ProcessDescriptor: Sendable {
     let rawValue: CInt
     /// The process it names.
     let identity: ProcessIdentity
+    /// The pidfd's inode when pidfds live on pidfs (Linux 6.9+): unique to one process for the
+    /// system's uptime, unlike the start time, whose 10 ms ticks two quick processes can share.
+    let uniqueInode: UInt64?
 
     /// Opens a pidfd for `pid` (`pidfd_open(2)`).
     ///
@@ -25,6 +29,7 @@ final class ProcessDescriptor: Sendable {
         }
         do throws(SocketShareError) {
             self.identity = try Self.verifiedIdentity(pidfd: fd, pid: pid)
+            self.uniqueInode = Self.pidfsInode(fd)
             self.rawValue = fd
         } catch {
             try? Kernel.close(fd)
@@ -45,6 +50,7 @@ final class ProcessDescriptor: Sendable {
                 throw SocketShareError(.holderGone, operation: "identify peer", detail: "the peer process has exited")
             }
             self.identity = try Self.verifiedIdentity(pidfd: pidfd, pid: pid)
+            self.uniqueInode = Self.pidfsInode(pidfd)
             self.rawValue = pidfd
         } catch {
             try? Kernel.close(pidfd)
@@ -58,6 +64,18 @@ final class ProcessDescriptor: Sendable {
     var hasExited: Bool {
         var fds = [pollfd(fd: rawValue, events: Int16(POLLIN), revents: 0)]
         return ((try? Kernel.poll(&fds, deadline: .now)) ?? 0) > 0
+    }
+
+    /// Whether both pidfds name the same process: exact on pidfs, nil where the kernel cannot say.
+    func isSameProcess(as other: ProcessDescriptor) -> Bool? {
+        guard let mine = uniqueInode, let theirs = other.uniqueInode else { return nil }
+        return mine == theirs
+    }
+
+    /// The inode of a pidfd on pidfs, or nil on kernels where pidfds are anonymous inodes (all alike).
+    private static func pidfsInode(_ pidfd: CInt) -> UInt64? {
+        guard cs_filesystem_type(pidfd) == 0x5049_4446 /* PID_FS_MAGIC */ else { return nil }
+        return (try? Kernel.status(pidfd)).map { UInt64($0.st_ino) }
     }
 
     private static func verifiedIdentity(pidfd: CInt, pid: pid_t) throws(SocketShareError) -> ProcessIdentity {

@@ -6,14 +6,20 @@ extension EscrowHolder {
         let channel: DescriptorChannel
         /// Who connected: exact when the kernel gave a pidfd (`SO_PEERPIDFD`).
         let peer: ProcessIdentity
+        /// The peer's pidfd, where the kernel gives one: it tells a reused pid apart exactly.
+        let peerProcess: ProcessDescriptor?
         let peerUID: uid_t
         var deadline: ContinuousClock.Instant
         /// The share handed to this connection and not yet acknowledged.
         var offered: UInt64?
 
-        init(channel: DescriptorChannel, peer: ProcessIdentity, peerUID: uid_t, deadline: ContinuousClock.Instant) {
+        init(
+            channel: DescriptorChannel, peer: ProcessIdentity, peerProcess: ProcessDescriptor?, peerUID: uid_t,
+            deadline: ContinuousClock.Instant
+        ) {
             self.channel = channel
             self.peer = peer
+            self.peerProcess = peerProcess
             self.peerUID = peerUID
             self.deadline = deadline
         }
@@ -95,25 +101,25 @@ extension EscrowHolder {
                 try? accepted.close()
                 continue
             }
-            guard let (peer, uid) = try? Self.identifyPeer(accepted.rawValue) else {
+            guard let (peer, process, uid) = try? Self.identifyPeer(accepted.rawValue) else {
                 try? accepted.close()
                 continue
             }
             connections[accepted.rawValue] = Connection(
-                channel: DescriptorChannel(accepted), peer: peer, peerUID: uid,
+                channel: DescriptorChannel(accepted), peer: peer, peerProcess: process, peerUID: uid,
                 deadline: .now + configuration.requestTimeout)
         }
     }
 
     /// The peer's exact identity: from its pidfd (`SO_PEERPIDFD`) where the kernel has it, else from
     /// `SO_PEERCRED` and `/proc` (a pid reused in between would then show its own start time).
-    static func identifyPeer(_ fd: CInt) throws(SocketShareError) -> (ProcessIdentity, uid_t) {
+    static func identifyPeer(_ fd: CInt) throws(SocketShareError) -> (ProcessIdentity, ProcessDescriptor?, uid_t) {
         let credentials = try Kernel.peerCredentials(fd)
         if let pidfd = try Kernel.peerProcessDescriptor(fd) {
             let process = try ProcessDescriptor(taking: pidfd)
-            return (process.identity, credentials.uid)
+            return (process.identity, process, credentials.uid)
         }
-        return (try ProcessIdentity(pid: credentials.pid), credentials.uid)
+        return (try ProcessIdentity(pid: credentials.pid), nil, credentials.uid)
     }
 
     /// Releases a connection; a share handed to it but not acknowledged becomes claimable again.

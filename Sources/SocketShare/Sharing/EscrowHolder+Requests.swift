@@ -55,7 +55,8 @@ extension EscrowHolder {
                 return .reply(.failure(
                     .wrongProcess, "this share is for pid \(entry.target.pid); pid \(peer.pid) may not claim it"))
             }
-            guard peer.startTime == entry.target.startTime else {
+            let sameProcess = connection.peerProcess.flatMap { entry.targetWatch.isSameProcess(as: $0) } ?? true
+            guard peer.startTime == entry.target.startTime, sameProcess else {
                 return .reply(.failure(
                     .wrongStartTime,
                     "pid \(peer.pid) is not the target process: it started at tick \(peer.startTime), the target "
@@ -92,7 +93,8 @@ extension EscrowHolder {
         // A pidfd share: the target pulled the descriptor itself and says so.
         let isPulledShare = state.withLock { state in
             guard let entry = state.entries[id], entry.secret == nil else { return false }
-            return entry.target == connection.peer && entry.targetUID == connection.peerUID
+            let sameProcess = connection.peerProcess.flatMap { entry.targetWatch.isSameProcess(as: $0) } ?? true
+            return entry.target == connection.peer && sameProcess && entry.targetUID == connection.peerUID
         }
         if isPulledShare {
             finish(id, .claimed(by: connection.peer))
