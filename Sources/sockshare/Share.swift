@@ -62,6 +62,18 @@ struct Share: AsyncParsableCommand {
     func run() async throws {
         signal(SIGPIPE, SIG_IGN)
         let options = ShareOptions(via: ShareOptions.Via(rawValue: via)!, timeToLive: .milliseconds(Int64(ttl * 1000)))
+        // Signals are caught before the token is printed, so whoever reads it may signal at once:
+        // a signal revokes the share, which ends the wait below with `.revoked`.
+        let shared = Mutex<(token: ShareToken?, signal: CInt)>((nil, 0))
+        try Terminal.run { () throws(SocketShareError) in
+            try SignalPipe.handle([SIGINT, SIGTERM, SIGHUP]) { number in
+                let token = shared.withLock { state -> ShareToken? in
+                    state.signal = number
+                    return state.token
+                }
+                if let token { SocketShare.revoke(token) }
+            }
+        }
         let token = try Terminal.run { () throws(SocketShareError) in
             try checkArguments()
             do throws(SocketShareError) {
@@ -70,20 +82,17 @@ struct Share: AsyncParsableCommand {
                 throw error.operation == "share" ? error : error.within("share")
             }
         }
+        let early = shared.withLock { state -> CInt in
+            state.token = token
+            return state.signal
+        }
+        if early != 0 { SocketShare.revoke(token) }
         do {
             try Terminal.line(token.text)
         } catch {
             SocketShare.revoke(token)
             SocketShare.stopSharing()
             throw Terminal.fail(error.within("share"))
-        }
-        // A signal revokes the share, which ends the wait below with `.revoked`.
-        let received = Mutex<CInt>(0)
-        try Terminal.run { () throws(SocketShareError) in
-            try SignalPipe.handle([SIGINT, SIGTERM, SIGHUP]) { number in
-                received.withLock { $0 = number }
-                SocketShare.revoke(token)
-            }
         }
         let outcome = await SocketShare.outcome(of: token)
         SocketShare.stopSharing()
@@ -99,7 +108,7 @@ struct Share: AsyncParsableCommand {
                 SocketShareError(.revoked, operation: "share", detail: "pid \(target) exited without claiming the share"),
                 exitCode: 3)
         case .revoked:
-            let number = received.withLock { $0 }
+            let number = shared.withLock { $0.signal }
             throw Terminal.fail(
                 SocketShareError(.revoked, operation: "share", detail: "revoked on signal \(number)"),
                 exitCode: 128 + number)

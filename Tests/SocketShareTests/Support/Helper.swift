@@ -62,7 +62,18 @@ final class Helper {
 
     @discardableResult
     func call(_ words: [String], timeout: Duration = .seconds(30)) throws -> [String] {
+        try begin(words)
+        return try reply(timeout: timeout)
+    }
+
+    /// Sends a command without waiting for its answer (for commands that need us to act meanwhile).
+    func begin(_ words: [String]) throws {
         try commands.sendAll(Array((words.joined(separator: " ") + "\n").utf8))
+    }
+
+    /// The answer to a command sent with ``begin(_:)``.
+    @discardableResult
+    func reply(timeout: Duration = .seconds(30)) throws -> [String] {
         let line = try readLine(deadline: .now + timeout)
         let reply = line.split(separator: " ", maxSplits: 2).map(String.init)
         if reply.first == "ok" { return line.split(separator: " ").dropFirst().map(String.init) }
