@@ -37,6 +37,12 @@ let package = Package(
             dependencies: ["SocketShare"],
             path: "Tests/TestHelper"
         ),
+        // Whole-process benchmarks against same-run references (Benchmarks/README.md).
+        .executableTarget(
+            name: "sockshare-bench",
+            dependencies: ["SocketShare"],
+            path: "Benchmarks/Sources/sockshare-bench"
+        ),
         .testTarget(
             name: "SocketShareTests",
             dependencies: ["SocketShare"]

@@ -71,7 +71,34 @@ extension SocketShareTests {
             _ = try target.finish()
         }
 
-        @Test func aClaimantWithTheTargetsPidButAnotherStartTimeIsRefused() throws {
+        /// The holder's decision, fed real kernel facts: our own end of a socketpair is a peer whose
+        /// pid, uid and pidfd are ours; entries name targets that differ in one respect each.
+        @Test func theHolderChecksPidThenProcessThenUser() throws {
+            let (mine, _) = try SocketDescriptor.pair()
+            let peer = try PeerProcess(of: mine.rawValue)
+            let me = ProcessIdentity.current
+            let watch = try ProcessDescriptor(pid: me.pid)
+            func entry(_ target: ProcessIdentity, uid: uid_t = getuid()) throws -> EscrowHolder.Entry {
+                EscrowHolder.Entry(
+                    id: 1, secret: .random(), target: target, targetUID: uid, targetWatch: watch,
+                    descriptor: try mine.duplicate(), description: try mine.socketDescription(), depositor: me,
+                    depositorUID: getuid(), createdAtMilliseconds: 0, expiresAtMilliseconds: 0, deadline: .now)
+            }
+            func code(_ message: EscrowMessage?) -> EscrowFailure? {
+                if case .failure(let code, _) = message { return code }
+                return nil
+            }
+            #expect(EscrowHolder.authorize(peer, for: try entry(me), byStartTimeOnly: false) == nil)
+            #expect(EscrowHolder.authorize(peer, for: try entry(me), byStartTimeOnly: true) == nil)
+            let otherPid = ProcessIdentity(pid: me.pid + 1, startTime: me.startTime)
+            #expect(code(EscrowHolder.authorize(peer, for: try entry(otherPid), byStartTimeOnly: false)) == .wrongProcess)
+            // Same pid, another start time: a recycled pid, as a kernel before 6.9 can tell.
+            let recycled = ProcessIdentity(pid: me.pid, startTime: me.startTime + 1)
+            #expect(code(EscrowHolder.authorize(peer, for: try entry(recycled), byStartTimeOnly: true)) == .wrongStartTime)
+            #expect(code(EscrowHolder.authorize(peer, for: try entry(me, uid: getuid() + 1), byStartTimeOnly: false)) == .wrongUser)
+        }
+
+        @Test func aDepositForAProcessThatIsGoneIsRefused() throws {
             let target = try Helper()
             let directory = try RuntimeDirectory.standard()
             let holder = try EscrowHolder(configuration: .init(
@@ -80,19 +107,16 @@ extension SocketShareTests {
             defer { holder.stop() }
             let socket = try SocketDescriptor.socket(.inet, .stream)
             let real = try ProcessIdentity(pid: target.pid)
-            // As if the target had exited and its pid been reused by the process now claiming.
-            let recorded = ProcessIdentity(pid: target.pid, startTime: real.startTime - 1)
-            let token = try holder.deposit(
-                try socket.duplicate(), description: try socket.socketDescription(), target: recorded, targetUID: getuid(),
-                watch: try ProcessDescriptor(pid: target.pid), mechanism: .sharer, timeToLive: .seconds(30),
-                depositor: .current, depositorUID: getuid())
-            #expect {
-                try target.call("adopt", token.text)
-            } throws: { error in
-                let error = error as! HelperError
-                return error.code == "refused" && error.text.contains("its pid was reused")
+            let before = openDescriptors().count
+            let error = #expect(throws: SocketShareError.self) {
+                try holder.deposit(
+                    try socket.duplicate(), description: try socket.socketDescription(),
+                    target: ProcessIdentity(pid: target.pid, startTime: real.startTime - 1), targetUID: getuid(),
+                    watch: try ProcessDescriptor(pid: target.pid), mechanism: .sharer, timeToLive: .seconds(30),
+                    depositor: .current, depositorUID: getuid())
             }
-            #expect(holder.heldCount == 1, "the share stays held for the real target")
+            #expect(error?.detail.contains("has exited") == true)
+            #expect(openDescriptors().count == before, "the duplicate handed over is closed")
             _ = try target.finish()
         }
 
@@ -138,7 +162,7 @@ extension SocketShareTests {
             let first = try Helper()
             let pid = first.pid
             let original = try ProcessDescriptor(pid: pid)
-            #expect(try ProcessDescriptor(pid: pid).isSameProcess(as: original) != false)
+            #expect(try ProcessDescriptor(pid: pid).uniqueInode == original.uniqueInode)
             try first.process.signal(SIGKILL)
             _ = try first.process.wait()
             var impostor: Helper? = nil
@@ -152,7 +176,7 @@ extension SocketShareTests {
             let recycled = try #require(impostor)
             let successor = try ProcessDescriptor(pid: pid)
             if original.uniqueInode != nil {
-                #expect(successor.isSameProcess(as: original) == false)
+                #expect(successor.uniqueInode != original.uniqueInode)
             } else {
                 #expect(successor.identity.startTime != original.identity.startTime, "pre-6.9 kernel: only start times")
             }

@@ -57,3 +57,45 @@ extension SocketShareTests {
         }
     }
 }
+
+extension SocketShareTests {
+    /// Other languages: the Python client printed in docs/PROTOCOL.md claims shares made by Swift.
+    @Suite struct ForeignClientTests {
+        init() { TestEnvironment.prepare() }
+
+        @Test func theDocumentedPythonClientIsTheTestedOne() throws {
+            let document = String(decoding: try Kernel.readFile(CommandLineTests.scripts + "/../../docs/PROTOCOL.md"), as: UTF8.self)
+            let script = String(decoding: try Kernel.readFile(CommandLineTests.scripts + "/claim.py"), as: UTF8.self)
+            #expect(document.contains("```python\n" + script + "```"))
+        }
+
+        @Test func pythonClaimsAShareMadeBySwift() throws {
+            let (inRead, inWrite) = try SocketDescriptor.pair()
+            let (outRead, outWrite) = try SocketDescriptor.pair()
+            let python = try ProcessSpawner.spawn(
+                "python3", arguments: [CommandLineTests.scripts + "/claim.py"],
+                descriptors: [0: inRead.rawValue, 1: outWrite.rawValue, 2: 2])
+            try inRead.close()
+            try outWrite.close()
+            let listener = try SocketDescriptor.listening(on: .ipv4(host: "127.0.0.1", port: 0))
+            let token = try SocketShare.duplicate(listener, for: python.pid)
+            try inWrite.sendAll(Array((token.text + "\n").utf8))
+            #expect(try outRead.waitUntilReadable(deadline: .now + .seconds(20)))
+            let line = String(decoding: try outRead.receive(), as: UTF8.self)
+            let port = try listener.socketDescription().localAddress.port!
+            #expect(line.hasPrefix("claimed AF_INET SOCK_STREAM ('127.0.0.1', \(port))"), "\(line)")
+            #expect(try python.wait(deadline: .now + .seconds(20)) == .exited(0))
+        }
+
+        @Test func pythonIsRefusedWhenItIsNotTheTarget() throws {
+            let helper = try Helper()
+            let socket = try SocketDescriptor.socket(.inet, .stream)
+            let token = try SocketShare.duplicate(socket, for: helper.pid)
+            let run = try ProgramRun.run("python3", [CommandLineTests.scripts + "/claim.py"], input: token.text + "\n")
+            #expect(run.status == .exited(1))
+            #expect(run.standardError.contains("claim failed: this share is for pid \(helper.pid)"), "\(run.standardError)")
+            #expect(run.standardError.contains("(code 5)"))
+            _ = try helper.finish()
+        }
+    }
+}

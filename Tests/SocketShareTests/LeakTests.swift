@@ -37,7 +37,8 @@ extension SocketShareTests {
             for _ in 0..<200 {
                 #expect(throws: HelperError.self) { try intruder.call("adopt", token.text) }
             }
-            #expect(try intruder.call("fdcount")[0] == intruderBaseline)
+            let links = try intruder.call("fd-links")
+            #expect(try intruder.call("fdcount")[0] == intruderBaseline, "\(links)")
             try target.call("adopt", token.text)
             let targetBaseline = try target.call("fdcount")[0]
             for _ in 0..<200 {

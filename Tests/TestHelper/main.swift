@@ -49,6 +49,17 @@ func slot(_ word: String) throws -> SocketDescriptor {
     return socket
 }
 
+/// libdispatch (under Swift concurrency) opens these lazily, whenever it first needs them; SocketShare
+/// never creates them, so leak counts leave them out.
+let runtimeDescriptorKinds = ["anon_inode:[eventpoll]", "anon_inode:[eventfd]", "anon_inode:[timerfd]"]
+
+func isRuntimeDescriptor(_ fd: CInt) -> Bool {
+    var buffer = [CChar](repeating: 0, count: 256)
+    let count = readlink("/proc/self/fd/\(fd)", &buffer, 255)
+    guard count > 0 else { return false }
+    return runtimeDescriptorKinds.contains(String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self))
+}
+
 func openDescriptors() -> [CInt] {
     guard let directory = opendir("/proc/self/fd") else { return [] }
     defer { closedir(directory) }
@@ -130,8 +141,14 @@ func run(_ words: [String]) async throws -> [String] {
         return []
     case "fds":
         return openDescriptors().map(String.init)
+    case "fd-links":
+        return openDescriptors().map { fd in
+            var buffer = [CChar](repeating: 0, count: 256)
+            let count = readlink("/proc/self/fd/\(fd)", &buffer, 255)
+            return "\(fd):" + (count > 0 ? String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "?")
+        }
     case "fdcount":
-        return ["\(openDescriptors().count)"]
+        return ["\(openDescriptors().filter { !isRuntimeDescriptor($0) }.count)"]
     case "inherit-audit":
         // Descriptors above stdio that a program exec'd now would inherit.
         return openDescriptors().filter { fd in fd > 2 && fcntl(fd, F_GETFD) & FD_CLOEXEC == 0 }.map(String.init)

@@ -37,27 +37,6 @@ final class ProcessDescriptor: Sendable {
         }
     }
 
-    /// Takes ownership of a pidfd the kernel gave us (`SO_PEERPIDFD`); reads its pid from
-    /// `/proc/self/fdinfo`.
-    init(taking pidfd: CInt) throws(SocketShareError) {
-        do throws(SocketShareError) {
-            let info = try Kernel.readFile("/proc/self/fdinfo/\(pidfd)")
-            var pid: pid_t = 0
-            for line in info.split(separator: UInt8(ascii: "\n")) where line.starts(with: Array("Pid:".utf8)) {
-                pid = pid_t(String(decoding: line.dropFirst(4), as: UTF8.self).trimmingSpaces) ?? 0
-            }
-            guard pid > 0 else {
-                throw SocketShareError(.holderGone, operation: "identify peer", detail: "the peer process has exited")
-            }
-            self.identity = try Self.verifiedIdentity(pidfd: pidfd, pid: pid)
-            self.uniqueInode = Self.pidfsInode(pidfd)
-            self.rawValue = pidfd
-        } catch {
-            try? Kernel.close(pidfd)
-            throw error
-        }
-    }
-
     deinit { try? Kernel.close(rawValue) }
 
     /// Whether the process has exited (the pidfd polls readable once it has).
@@ -66,19 +45,13 @@ final class ProcessDescriptor: Sendable {
         return ((try? Kernel.poll(&fds, deadline: .now)) ?? 0) > 0
     }
 
-    /// Whether both pidfds name the same process: exact on pidfs, nil where the kernel cannot say.
-    func isSameProcess(as other: ProcessDescriptor) -> Bool? {
-        guard let mine = uniqueInode, let theirs = other.uniqueInode else { return nil }
-        return mine == theirs
-    }
-
     /// The inode of a pidfd on pidfs, or nil on kernels where pidfds are anonymous inodes (all alike).
-    private static func pidfsInode(_ pidfd: CInt) -> UInt64? {
+    static func pidfsInode(_ pidfd: CInt) -> UInt64? {
         guard cs_filesystem_type(pidfd) == 0x5049_4446 /* PID_FS_MAGIC */ else { return nil }
         return (try? Kernel.status(pidfd)).map { UInt64($0.st_ino) }
     }
 
-    private static func verifiedIdentity(pidfd: CInt, pid: pid_t) throws(SocketShareError) -> ProcessIdentity {
+    static func verifiedIdentity(pidfd: CInt, pid: pid_t) throws(SocketShareError) -> ProcessIdentity {
         let startTime = try ProcessIdentity.startTime(of: pid)
         guard Kernel.isAlive(pidfd) else {
             throw SocketShareError(.invalidArgument, operation: "open process", detail: "pid \(pid) exited")

@@ -27,11 +27,9 @@ public struct ProcessIdentity: Hashable, Sendable, CustomStringConvertible {
         self.init(pid: pid, startTime: try Self.startTime(of: pid))
     }
 
-    /// This process.
-    public static var current: ProcessIdentity {
-        // Reading our own /proc/self/stat cannot fail while /proc is mounted.
+    /// This process (read once: neither pid nor start time change, and SocketShare never forks).
+    public static let current: ProcessIdentity =
         (try? ProcessIdentity(pid: getpid())) ?? ProcessIdentity(pid: getpid(), startTime: 0)
-    }
 
     /// `pid 4120 (started at tick 99231)`.
     public var description: String { "pid \(pid) (started at tick \(startTime))" }

@@ -4,23 +4,15 @@ extension EscrowHolder {
     /// A client connected to the holder.
     final class Connection {
         let channel: DescriptorChannel
-        /// Who connected: exact when the kernel gave a pidfd (`SO_PEERPIDFD`).
-        let peer: ProcessIdentity
-        /// The peer's pidfd, where the kernel gives one: it tells a reused pid apart exactly.
-        let peerProcess: ProcessDescriptor?
-        let peerUID: uid_t
+        /// Who connected.
+        let peer: PeerProcess
         var deadline: ContinuousClock.Instant
         /// The share handed to this connection and not yet acknowledged.
         var offered: UInt64?
 
-        init(
-            channel: DescriptorChannel, peer: ProcessIdentity, peerProcess: ProcessDescriptor?, peerUID: uid_t,
-            deadline: ContinuousClock.Instant
-        ) {
+        init(channel: DescriptorChannel, peer: PeerProcess, deadline: ContinuousClock.Instant) {
             self.channel = channel
             self.peer = peer
-            self.peerProcess = peerProcess
-            self.peerUID = peerUID
             self.deadline = deadline
         }
     }
@@ -101,25 +93,17 @@ extension EscrowHolder {
                 try? accepted.close()
                 continue
             }
-            guard let (peer, process, uid) = try? Self.identifyPeer(accepted.rawValue) else {
+            guard let peer = try? PeerProcess(of: accepted.rawValue) else {
                 try? accepted.close()
                 continue
             }
-            connections[accepted.rawValue] = Connection(
-                channel: DescriptorChannel(accepted), peer: peer, peerProcess: process, peerUID: uid,
-                deadline: .now + configuration.requestTimeout)
+            let connection = Connection(
+                channel: DescriptorChannel(accepted), peer: peer, deadline: .now + configuration.requestTimeout)
+            connections[accepted.rawValue] = connection
+            // A claimant sends its request right after connecting: serve it now rather than after
+            // another trip through poll.
+            if !serve(connection) { drop(connection, from: &connections) }
         }
-    }
-
-    /// The peer's exact identity: from its pidfd (`SO_PEERPIDFD`) where the kernel has it, else from
-    /// `SO_PEERCRED` and `/proc` (a pid reused in between would then show its own start time).
-    static func identifyPeer(_ fd: CInt) throws(SocketShareError) -> (ProcessIdentity, ProcessDescriptor?, uid_t) {
-        let credentials = try Kernel.peerCredentials(fd)
-        if let pidfd = try Kernel.peerProcessDescriptor(fd) {
-            let process = try ProcessDescriptor(taking: pidfd)
-            return (process.identity, process, credentials.uid)
-        }
-        return (try ProcessIdentity(pid: credentials.pid), nil, credentials.uid)
     }
 
     /// Releases a connection; a share handed to it but not acknowledged becomes claimable again.

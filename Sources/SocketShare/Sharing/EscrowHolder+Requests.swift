@@ -50,21 +50,8 @@ extension EscrowHolder {
                 }
                 return .reply(.failure(.notFound, "no share with this id and secret is held here"))
             }
-            let peer = connection.peer
-            guard peer.pid == entry.target.pid else {
-                return .reply(.failure(
-                    .wrongProcess, "this share is for pid \(entry.target.pid); pid \(peer.pid) may not claim it"))
-            }
-            let sameProcess = connection.peerProcess.flatMap { entry.targetWatch.isSameProcess(as: $0) } ?? true
-            guard peer.startTime == entry.target.startTime, sameProcess else {
-                return .reply(.failure(
-                    .wrongStartTime,
-                    "pid \(peer.pid) is not the target process: it started at tick \(peer.startTime), the target "
-                        + "at tick \(entry.target.startTime) (the target exited and its pid was reused)"))
-            }
-            guard connection.peerUID == entry.targetUID else {
-                return .reply(.failure(
-                    .wrongUser, "the claimant runs as uid \(connection.peerUID); the target ran as uid \(entry.targetUID)"))
+            if let refusal = Self.authorize(connection.peer, for: entry, byStartTimeOnly: configuration.identifiesByStartTimeOnly) {
+                return .reply(refusal)
             }
             guard entry.offeredTo == nil else {
                 return .reply(.failure(.claimInProgress, "this share was handed out and awaits its acknowledgement"))
@@ -87,20 +74,39 @@ extension EscrowHolder {
         if connection.offered == id {
             connection.offered = nil
             connection.deadline = .now + configuration.requestTimeout
-            finish(id, .claimed(by: connection.peer))
+            finishClaimed(id)
             return .silent
         }
         // A pidfd share: the target pulled the descriptor itself and says so.
         let isPulledShare = state.withLock { state in
             guard let entry = state.entries[id], entry.secret == nil else { return false }
-            let sameProcess = connection.peerProcess.flatMap { entry.targetWatch.isSameProcess(as: $0) } ?? true
-            return entry.target == connection.peer && sameProcess && entry.targetUID == connection.peerUID
+            return Self.authorize(connection.peer, for: entry, byStartTimeOnly: configuration.identifiesByStartTimeOnly) == nil
         }
         if isPulledShare {
-            finish(id, .claimed(by: connection.peer))
+            finishClaimed(id)
             return .silent
         }
         return .replyAndClose(.failure(.malformed, "acknowledge of share \(id), which was not handed to this connection"))
+    }
+
+    /// Whether `peer` may claim `entry`: nil when it may, else the refusal to send.
+    ///
+    /// The peer must be the target process (pid, then pidfs inode or start time) running as the
+    /// target's uid.
+    static func authorize(_ peer: PeerProcess, for entry: Entry, byStartTimeOnly: Bool) -> EscrowMessage? {
+        guard peer.pid == entry.target.pid else {
+            return .failure(.wrongProcess, "this share is for pid \(entry.target.pid); pid \(peer.pid) may not claim it")
+        }
+        guard peer.isProcess(entry.target, watchedBy: entry.targetWatch, byStartTimeOnly: byStartTimeOnly) else {
+            return .failure(
+                .wrongStartTime,
+                "pid \(peer.pid) is not the target process but a later one with its pid "
+                    + "(the target, started at tick \(entry.target.startTime), exited and its pid was reused)")
+        }
+        guard peer.uid == entry.targetUID else {
+            return .failure(.wrongUser, "the claimant runs as uid \(peer.uid); the target ran as uid \(entry.targetUID)")
+        }
+        return nil
     }
 
     static func refusal(for outcome: ShareOutcome) -> EscrowMessage {

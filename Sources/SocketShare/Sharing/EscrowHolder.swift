@@ -31,6 +31,9 @@ final class EscrowHolder: Sendable {
         var maximumConnections = 4096
         /// How many finished shares are remembered, to tell a replayed claim why it is refused.
         var historyLimit = 4096
+        /// Compare claimants with targets by start time even where pidfs could say exactly, as on
+        /// kernels before 6.9 (for tests).
+        var identifiesByStartTimeOnly = false
     }
 
     /// A share being held.
@@ -125,13 +128,22 @@ final class EscrowHolder: Sendable {
     ///
     /// - Parameters:
     ///   - descriptor: The holder's own duplicate; the holder owns it from now on (even on error).
-    ///   - target: The only process that may claim. `watch` must be a pidfd of a process with the same pid.
+    ///   - target: The only process that may claim.
+    ///   - watch: A pidfd of `target`: its exit ends the share.
+    /// - Throws: ``SocketShareError`` with code `invalidArgument` when `watch` is not `target` (it
+    ///   exited, and its pid names another process now).
     ///   - mechanism: `.pidfd` shares are pulled by the target and only acknowledged here.
     func deposit(
         _ descriptor: SocketDescriptor, description: SocketDescription, target: ProcessIdentity, targetUID: uid_t,
         watch: ProcessDescriptor, mechanism: ShareMechanism, timeToLive: Duration,
         depositor: ProcessIdentity, depositorUID: uid_t
     ) throws(SocketShareError) -> ShareToken {
+        guard watch.identity == target else {
+            try? descriptor.close()
+            throw SocketShareError(
+                .invalidArgument, operation: "deposit",
+                detail: "\(target) has exited; pid \(target.pid) now names a process started at tick \(watch.identity.startTime)")
+        }
         let now = ShareTime.nowMilliseconds
         let ttlMilliseconds = UInt64(max(0, timeToLive.components.seconds)) * 1000
             + UInt64(max(0, timeToLive.components.attoseconds)) / 1_000_000_000_000_000
@@ -197,15 +209,26 @@ final class EscrowHolder: Sendable {
     /// Removes share `id`, closes its duplicate, records `outcome` and wakes its waiters.
     @discardableResult
     func finish(_ id: UInt64, _ outcome: ShareOutcome) -> Bool {
-        let (entry, waiters): (Entry?, [CheckedContinuation<ShareOutcome, Never>]) = state.withLock { state in
-            guard let entry = state.entries.removeValue(forKey: id) else { return (nil, []) }
+        finish(id) { _ in outcome }
+    }
+
+    /// Ends share `id` as claimed by its target.
+    func finishClaimed(_ id: UInt64) {
+        finish(id) { .claimed(by: $0.target) }
+    }
+
+    @discardableResult
+    private func finish(_ id: UInt64, _ outcomeOf: (Entry) -> ShareOutcome) -> Bool {
+        let (entry, outcome, waiters): (Entry?, ShareOutcome, [CheckedContinuation<ShareOutcome, Never>]) = state.withLock { state in
+            guard let entry = state.entries.removeValue(forKey: id) else { return (nil, .holderStopped, []) }
+            let outcome = outcomeOf(entry)
             state.history[id] = Finished(secret: entry.secret, outcome: outcome)
             state.historyOrder.append(id)
             if state.historyOrder.count > configuration.historyLimit {
                 state.history.removeValue(forKey: state.historyOrder.removeFirst())
             }
             if state.entries.isEmpty { state.idleSince = .now }
-            return (entry, state.waiters.removeValue(forKey: id) ?? [])
+            return (entry, outcome, state.waiters.removeValue(forKey: id) ?? [])
         }
         guard let entry else { return false }
         try? entry.descriptor.close()

@@ -61,13 +61,7 @@ public enum SocketShare {
     public static func duplicate(
         _ descriptor: CInt, for target: ProcessIdentity, options: ShareOptions = ShareOptions()
     ) throws(SocketShareError) -> ShareToken {
-        let watch = try ProcessDescriptor(pid: target.pid)
-        guard watch.identity == target else {
-            throw SocketShareError(
-                .invalidArgument, operation: "duplicate",
-                detail: "\(target) has exited; pid \(target.pid) now names a process started at tick \(watch.identity.startTime)")
-        }
-        return try duplicate(descriptor, for: target, watch: watch, options: options)
+        try duplicate(descriptor, for: target, watch: try ProcessDescriptor(pid: target.pid), options: options)
     }
 
     /// The common path: `watch` is a pidfd of the target's pid; `target` is what claims are checked against.

@@ -1,9 +1,13 @@
 import Glibc
 @testable import SocketShare
 
-/// This process's open descriptors, from /proc/self/fd.
+/// This process's open descriptors, from /proc/self/fd, leaving out libdispatch's own (an epoll, an
+/// eventfd and timerfds it opens lazily whenever it first needs them; SocketShare never makes those).
 func openDescriptors() -> [CInt] {
-    Kernel.directoryEntries("/proc/self/fd").compactMap { CInt($0) }.filter { Kernel.descriptorFlags($0) != nil }.sorted()
+    let runtime: Set<String> = ["anon_inode:[eventpoll]", "anon_inode:[eventfd]", "anon_inode:[timerfd]"]
+    return Kernel.directoryEntries("/proc/self/fd").compactMap { CInt($0) }
+        .filter { Kernel.descriptorFlags($0) != nil && !runtime.contains(Kernel.readLink("/proc/self/fd/\($0)") ?? "") }
+        .sorted()
 }
 
 /// Waits until `condition` holds or `timeout` passes; returns whether it held.

@@ -1,0 +1,46 @@
+import Glibc
+
+/// The process at the other end of a Unix socket, as the kernel reports it at connect time.
+///
+/// `SO_PEERCRED` gives pid and uid; `SO_PEERPIDFD` (Linux 6.5) a pidfd, which on pidfs (6.9) has an
+/// inode unique to that process, so the peer can be compared with a target exactly. The start time
+/// from `/proc` is read only where that comparison is not possible.
+final class PeerProcess: Sendable {
+    /// The peer's pid at connect time.
+    let pid: pid_t
+    /// The peer's effective uid at connect time.
+    let uid: uid_t
+    /// The peer's pidfd, when the kernel gives one.
+    let pidfd: CInt?
+    /// The pidfd's pidfs inode, when pidfds live on pidfs.
+    let uniqueInode: UInt64?
+
+    /// Reads the credentials of the peer of the connected Unix socket `fd`.
+    init(of fd: CInt) throws(SocketShareError) {
+        let credentials = try Kernel.peerCredentials(fd)
+        pid = credentials.pid
+        uid = credentials.uid
+        pidfd = try Kernel.peerProcessDescriptor(fd)
+        uniqueInode = pidfd.flatMap { ProcessDescriptor.pidfsInode($0) }
+    }
+
+    deinit {
+        if let pidfd { try? Kernel.close(pidfd) }
+    }
+
+    /// The peer's start time, read from `/proc` and checked against its pidfd when there is one.
+    func startTime() throws(SocketShareError) -> UInt64 {
+        if let pidfd { return try ProcessDescriptor.verifiedIdentity(pidfd: pidfd, pid: pid).startTime }
+        return try ProcessIdentity.startTime(of: pid)
+    }
+
+    /// Whether the peer is the process `target` names, known through `watch` (a pidfd of the target).
+    ///
+    /// Exact on pidfs (the inodes must match); elsewhere, or when `byStartTimeOnly` is set, the
+    /// start times must match (their 10 ms ticks can hide a pid reused at once).
+    func isProcess(_ target: ProcessIdentity, watchedBy watch: ProcessDescriptor, byStartTimeOnly: Bool = false) -> Bool {
+        guard pid == target.pid else { return false }
+        if !byStartTimeOnly, let mine = uniqueInode, let theirs = watch.uniqueInode { return mine == theirs }
+        return (try? startTime()) == target.startTime
+    }
+}
