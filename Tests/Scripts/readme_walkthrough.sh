@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the README's walkthrough block exactly as written (the fenced block after the
+# "walkthrough" marker), with a time limit, and checks what it printed.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+script=$(awk '/<!-- walkthrough/{found=1; next} found && /^```sh/{inside=1; next} inside && /^```/{exit} inside{print}' README.md)
+[ -n "$script" ] || { echo "readme_walkthrough: no walkthrough block in README.md" >&2; exit 1; }
+output=$(timeout 300 bash -euo pipefail -c "$script" 2>&1) || { echo "$output"; echo "readme_walkthrough: the walkthrough failed" >&2; exit 1; }
+echo "$output"
+grep -q "^hello from pid [0-9]*, LISTEN_FDNAMES=shared" <<<"$output" || { echo "readme_walkthrough: no answer from the adopted socket" >&2; exit 1; }
+grep -q '^family: *inet' <<<"$output" || { echo "readme_walkthrough: inspect printed no family" >&2; exit 1; }
+grep -q '"mechanism":"sharer"' <<<"$output" || { echo "readme_walkthrough: inspect --json printed no mechanism" >&2; exit 1; }
+echo "readme_walkthrough: every command ran as written"
