@@ -77,10 +77,10 @@ extension SocketShareTests {
             let (mine, _) = try SocketDescriptor.pair()
             let peer = try PeerProcess(of: mine.rawValue)
             let me = ProcessIdentity.current
-            let watch = try ProcessDescriptor(pid: me.pid)
-            func entry(_ target: ProcessIdentity, uid: uid_t = getuid()) throws -> EscrowHolder.Entry {
+            let inode = try ProcessDescriptor(pid: me.pid).uniqueInode
+            func entry(_ target: ProcessIdentity, uid: uid_t = getuid(), inode: UInt64? = inode) throws -> EscrowHolder.Entry {
                 EscrowHolder.Entry(
-                    id: 1, secret: .random(), target: target, targetUID: uid, targetWatch: watch,
+                    id: 1, secret: .random(), mechanism: .sharer, target: ShareTarget(identity: target, uid: uid, uniqueInode: inode),
                     descriptor: try mine.duplicate(), description: try mine.socketDescription(), depositor: me,
                     depositorUID: getuid(), createdAtMilliseconds: 0, expiresAtMilliseconds: 0, deadline: .now)
             }
@@ -95,28 +95,25 @@ extension SocketShareTests {
             // Same pid, another start time: a recycled pid, as a kernel before 6.9 can tell.
             let recycled = ProcessIdentity(pid: me.pid, startTime: me.startTime + 1)
             #expect(code(EscrowHolder.authorize(peer, for: try entry(recycled), byStartTimeOnly: true)) == .wrongStartTime)
+            // Same pid and start tick, another process: only pidfs can tell (6.9+).
+            if let inode {
+                #expect(code(EscrowHolder.authorize(peer, for: try entry(me, inode: inode + 1), byStartTimeOnly: false)) == .wrongStartTime)
+            }
             #expect(code(EscrowHolder.authorize(peer, for: try entry(me, uid: getuid() + 1), byStartTimeOnly: false)) == .wrongUser)
         }
 
-        @Test func aDepositForAProcessThatIsGoneIsRefused() throws {
+        @Test func aShareForAProcessThatIsGoneIsRefused() throws {
             let target = try Helper()
-            let directory = try RuntimeDirectory.standard()
-            let holder = try EscrowHolder(configuration: .init(
-                endpoint: directory.appending("start-time-test.sock"), mechanism: .sharer, lingerWhenIdle: nil))
-            try holder.start()
-            defer { holder.stop() }
             let socket = try SocketDescriptor.socket(.inet, .stream)
             let real = try ProcessIdentity(pid: target.pid)
             let before = openDescriptors().count
             let error = #expect(throws: SocketShareError.self) {
-                try holder.deposit(
-                    try socket.duplicate(), description: try socket.socketDescription(),
-                    target: ProcessIdentity(pid: target.pid, startTime: real.startTime - 1), targetUID: getuid(),
-                    watch: try ProcessDescriptor(pid: target.pid), mechanism: .sharer, timeToLive: .seconds(30),
-                    depositor: .current, depositorUID: getuid())
+                try SocketShare.duplicate(socket.rawValue, for: ProcessIdentity(pid: target.pid, startTime: real.startTime - 1))
             }
+            #expect(error?.code == .invalidArgument)
             #expect(error?.detail.contains("has exited") == true)
-            #expect(openDescriptors().count == before, "the duplicate handed over is closed")
+            #expect(openDescriptors().count == before)
+            #expect(try SocketShare.duplicate(socket.rawValue, for: real).target == real)
             _ = try target.finish()
         }
 

@@ -34,13 +34,18 @@ final class PeerProcess: Sendable {
         return try ProcessIdentity.startTime(of: pid)
     }
 
-    /// Whether the peer is the process `target` names, known through `watch` (a pidfd of the target).
+    /// Whether the peer is the process `target` names.
     ///
     /// Exact on pidfs (the inodes must match); elsewhere, or when `byStartTimeOnly` is set, the
     /// start times must match (their 10 ms ticks can hide a pid reused at once).
-    func isProcess(_ target: ProcessIdentity, watchedBy watch: ProcessDescriptor, byStartTimeOnly: Bool = false) -> Bool {
-        guard pid == target.pid else { return false }
-        if !byStartTimeOnly, let mine = uniqueInode, let theirs = watch.uniqueInode { return mine == theirs }
-        return (try? startTime()) == target.startTime
+    func isProcess(_ target: ShareTarget, byStartTimeOnly: Bool = false) -> Bool {
+        guard pid == target.identity.pid else { return false }
+        if !byStartTimeOnly, let mine = uniqueInode, let theirs = target.uniqueInode { return mine == theirs }
+        return (try? startTime()) == target.identity.startTime
+    }
+
+    /// The peer as a process identity (reads its start time).
+    func identity() throws(SocketShareError) -> ProcessIdentity {
+        ProcessIdentity(pid: pid, startTime: try startTime())
     }
 }

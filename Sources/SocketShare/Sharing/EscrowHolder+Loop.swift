@@ -17,66 +17,103 @@ extension EscrowHolder {
         }
     }
 
-    /// Serves claims on the calling thread until ``stop()`` (or, for a lingering sharer, until idle).
-    func run() {
+    /// The loop's own state, touched by the loop thread only.
+    struct LoopState {
         var connections: [CInt: Connection] = [:]
-        while true {
-            let now = ContinuousClock.now
-            let snapshot = state.withLock { state -> (stop: Bool, watches: [(UInt64, CInt)], deadline: ContinuousClock.Instant?) in
-                if !state.stopping, let linger = configuration.lingerWhenIdle, state.entries.isEmpty,
-                   connections.isEmpty, let idle = state.idleSince, idle + linger <= now {
-                    state.stopping = true
-                }
-                var deadline: ContinuousClock.Instant? = nil
-                func consider(_ instant: ContinuousClock.Instant) { deadline = min(deadline ?? instant, instant) }
-                for entry in state.entries.values where entry.offeredTo == nil { consider(entry.deadline) }
-                if let linger = configuration.lingerWhenIdle, let idle = state.idleSince { consider(idle + linger) }
-                let watches = state.entries.values.map { ($0.id, $0.targetWatch.rawValue) }
-                return (state.stopping, watches, deadline)
-            }
-            if snapshot.stop { break }
-            var deadline = snapshot.deadline
-            for connection in connections.values { deadline = min(deadline ?? connection.deadline, connection.deadline) }
-
-            var fds = [
-                pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
-                pollfd(fd: listener.rawValue, events: Int16(POLLIN), revents: 0),
-            ]
-            let connectionFDs = Array(connections.keys)
-            for fd in connectionFDs { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
-            for (_, watch) in snapshot.watches { fds.append(pollfd(fd: watch, events: Int16(POLLIN), revents: 0)) }
-            guard (try? Kernel.poll(&fds, deadline: deadline)) != nil else { break }
-
-            if fds[0].revents != 0 { drainWakePipe() }
-            if fds[1].revents != 0 { acceptConnections(into: &connections) }
-            for (index, fd) in connectionFDs.enumerated() where fds[2 + index].revents != 0 {
-                guard let connection = connections[fd] else { continue }
-                if !serve(connection) { drop(connection, from: &connections) }
-            }
-            for (index, (id, _)) in snapshot.watches.enumerated() where fds[2 + connectionFDs.count + index].revents != 0 {
-                finish(id, .targetExited)
-            }
-            let after = ContinuousClock.now
-            let expired = state.withLock { state in
-                state.entries.values.filter { $0.offeredTo == nil && $0.deadline <= after }.map(\.id)
-            }
-            for id in expired { finish(id, .expired) }
-            for connection in connections.values where connection.deadline <= after {
-                drop(connection, from: &connections)
-            }
-        }
-        shutDown(connections: connections)
+        /// A successor broker asked for everything; serving winds down until it is handed over.
+        var successor: Connection?
+        var handoverDeadline: ContinuousClock.Instant?
+        var nextSweep: ContinuousClock.Instant = .now
     }
 
-    private func shutDown(connections: [CInt: Connection]) {
-        for connection in connections.values { try? connection.channel.close() }
-        let ids = state.withLock { state in
+    /// Serves on the calling thread until ``stop()`` (or, for a lingering sharer, until idle, or for a
+    /// broker, until a successor has taken everything over).
+    func run() {
+        var loop = LoopState()
+        logger.info("serving", metadata: ["endpoint": "\(configuration.endpoint)", "mechanism": "\(configuration.mechanism)"])
+        while !step(&loop) {}
+        shutDown(loop)
+    }
+
+    /// One round of the loop; returns true when the holder should stop.
+    private func step(_ loop: inout LoopState) -> Bool {
+        let now = ContinuousClock.now
+        let idle = loop.connections.isEmpty
+        let snapshot = state.withLock { state -> (stop: Bool, deadline: ContinuousClock.Instant?, held: Bool) in
+            if !state.stopping, let linger = configuration.lingerWhenIdle, state.entries.isEmpty, idle,
+               let since = state.idleSince, since + linger <= now {
+                state.stopping = true
+            }
+            var deadline: ContinuousClock.Instant? = nil
+            for entry in state.entries.values where entry.offeredTo == nil { deadline = min(deadline ?? entry.deadline, entry.deadline) }
+            if let linger = configuration.lingerWhenIdle, let since = state.idleSince {
+                deadline = min(deadline ?? since + linger, since + linger)
+            }
+            return (state.stopping || state.handedOver, deadline, !state.entries.isEmpty)
+        }
+        if snapshot.stop { return true }
+        if let successor = loop.successor, handOverIfReady(to: successor, &loop) { return true }
+
+        var deadline = snapshot.deadline
+        for connection in loop.connections.values { deadline = min(deadline ?? connection.deadline, connection.deadline) }
+        if snapshot.held { deadline = min(deadline ?? loop.nextSweep, loop.nextSweep) }
+        if let handover = loop.handoverDeadline { deadline = min(deadline ?? handover, handover) }
+
+        let accepting = loop.successor == nil
+        var fds = [
+            pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: listener.rawValue, events: accepting ? Int16(POLLIN) : 0, revents: 0),
+        ]
+        let connectionFDs = Array(loop.connections.keys)
+        for fd in connectionFDs { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+        guard (try? Kernel.poll(&fds, deadline: deadline)) != nil else { return true }
+
+        if fds[0].revents != 0 { drainWakePipe() }
+        if accepting && fds[1].revents != 0 { acceptConnections(&loop) }
+        for (index, fd) in connectionFDs.enumerated() where fds[2 + index].revents != 0 {
+            guard let connection = loop.connections[fd] else { continue }
+            if !serve(connection, &loop) { drop(connection, &loop) }
+        }
+        let after = ContinuousClock.now
+        let expired = state.withLock { state in
+            state.entries.values.filter { $0.offeredTo == nil && $0.deadline <= after }.map(\.id)
+        }
+        for id in expired { finish(id, .expired) }
+        for connection in loop.connections.values where connection.deadline <= after && connection !== loop.successor {
+            drop(connection, &loop)
+        }
+        if snapshot.held && after >= loop.nextSweep {
+            sweepTargets()
+            loop.nextSweep = after + configuration.targetSweepInterval
+        }
+        return false
+    }
+
+    /// Ends the shares whose targets have exited: nobody can ever claim them.
+    private func sweepTargets() {
+        let targets = state.withLock { state in Set(state.entries.values.map(\.target)) }
+        let gone = targets.filter { !$0.isRunning }
+        guard !gone.isEmpty else { return }
+        let ids = state.withLock { state in state.entries.values.filter { gone.contains($0.target) }.map(\.id) }
+        for id in ids { finish(id, .targetExited) }
+    }
+
+    private func shutDown(_ loop: LoopState) {
+        for connection in loop.connections.values { try? connection.channel.close() }
+        let (ids, handedOver) = state.withLock { state in
             state.stopping = true
-            return Array(state.entries.keys)
+            return (Array(state.entries.keys), state.handedOver)
         }
         for id in ids { finish(id, .holderStopped) }
         try? listener.close()
-        Kernel.unlink(configuration.endpoint)
+        if handedOver {
+            logger.info("handed everything to the successor; exiting without removing \(configuration.endpoint)")
+        } else {
+            if !ids.isEmpty {
+                logger.notice("stopping: closed \(ids.count) held shares; their tokens can no longer be claimed")
+            }
+            Kernel.unlink(configuration.endpoint)
+        }
         state.withLock { $0.stopped = true }
     }
 
@@ -85,11 +122,12 @@ extension EscrowHolder {
         while Glibc.read(wakeRead, &buffer, buffer.count) > 0 {}
     }
 
-    private func acceptConnections(into connections: inout [CInt: Connection]) {
+    private func acceptConnections(_ loop: inout LoopState) {
         // Bounded per round so one flood cannot starve the connections already here.
         for _ in 0..<64 {
             guard let accepted = try? listener.accept() else { return }
-            guard connections.count < configuration.maximumConnections else {
+            guard loop.connections.count < configuration.maximumConnections else {
+                logger.warning("connection limit reached; closing a new connection", metadata: ["limit": "\(configuration.maximumConnections)"])
                 try? accepted.close()
                 continue
             }
@@ -99,41 +137,47 @@ extension EscrowHolder {
             }
             let connection = Connection(
                 channel: DescriptorChannel(accepted), peer: peer, deadline: .now + configuration.requestTimeout)
-            connections[accepted.rawValue] = connection
+            loop.connections[accepted.rawValue] = connection
             // A claimant sends its request right after connecting: serve it now rather than after
             // another trip through poll.
-            if !serve(connection) { drop(connection, from: &connections) }
+            if !serve(connection, &loop) { drop(connection, &loop) }
         }
     }
 
     /// Releases a connection; a share handed to it but not acknowledged becomes claimable again.
-    private func drop(_ connection: Connection, from connections: inout [CInt: Connection]) {
+    func drop(_ connection: Connection, _ loop: inout LoopState) {
         if let offered = connection.offered {
             state.withLock { state in
                 if state.entries[offered]?.offeredTo == ObjectIdentifier(connection) {
                     state.entries[offered]?.offeredTo = nil
                 }
             }
+            logger.info("claimant left before acknowledging; the share is claimable again", metadata: ["share": "\(offered)"])
         }
-        connections.removeValue(forKey: connection.channel.socket.rawValue)
+        if loop.successor === connection {
+            loop.successor = nil
+            loop.handoverDeadline = nil
+            logger.warning("the successor broker went away; serving on")
+        }
+        loop.connections.removeValue(forKey: connection.channel.socket.rawValue)
         try? connection.channel.close()
     }
 
     /// Reads and answers one message. Returns false when the connection should be dropped.
-    private func serve(_ connection: Connection) -> Bool {
+    private func serve(_ connection: Connection, _ loop: inout LoopState) -> Bool {
         let message: ChannelMessage?
         do throws(SocketShareError) {
-            message = try connection.channel.receive(maximumBytes: EscrowMessage.maximumLength, deadline: .now)
+            message = try connection.channel.receive(maximumBytes: EscrowMessage.maximumRequestLength, deadline: .now)
         } catch {
             if error.code == .timedOut { return true }
             if error.code == .protocolViolation {
-                reply(connection, .failure(.malformed, "message longer than \(EscrowMessage.maximumLength) bytes"))
+                reply(connection, .failure(.malformed, "message longer than \(EscrowMessage.maximumRequestLength) bytes"))
             }
             return false
         }
         guard let message else { return false }
         connection.deadline = .now + configuration.requestTimeout
-        let answer = respond(to: message, from: connection)
+        let answer = respond(to: message, from: connection, &loop)
         message.closeDescriptors()
         switch answer {
         case .reply(let reply):
@@ -151,6 +195,7 @@ extension EscrowHolder {
 
     @discardableResult
     func reply(_ connection: Connection, _ message: EscrowMessage, descriptors: [CInt] = []) -> Bool {
-        (try? connection.channel.send(message.bytes, descriptors: descriptors, deadline: .now)) != nil
+        if case .failure(let code, _) = message { metrics.refused(code) }
+        return (try? connection.channel.send(message.bytes, descriptors: descriptors, deadline: .now)) != nil
     }
 }

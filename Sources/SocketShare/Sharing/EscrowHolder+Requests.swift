@@ -1,3 +1,5 @@
+import Glibc
+
 extension EscrowHolder {
     /// What to do after a request.
     enum Answer {
@@ -11,8 +13,9 @@ extension EscrowHolder {
         case silent
     }
 
-    /// Decides the answer to one message. Descriptors that came with it are closed by the caller.
-    func respond(to message: ChannelMessage, from connection: Connection) -> Answer {
+    /// Decides the answer to one message. Descriptors that came with it are closed by the caller
+    /// once this returns (a deposit keeps its own duplicate).
+    func respond(to message: ChannelMessage, from connection: Connection, _ loop: inout LoopState) -> Answer {
         if let version = message.bytes.first, version != EscrowMessage.version {
             return .replyAndClose(.failure(
                 .unsupportedVersion,
@@ -25,7 +28,15 @@ extension EscrowHolder {
             let kind: EscrowFailure = error.detail.contains("field type") ? .unknownMessage : .malformed
             return .replyAndClose(.failure(kind, error.detail))
         }
-        if !message.descriptors.isEmpty {
+        guard request.isRequest else {
+            return .replyAndClose(.failure(.unknownMessage, "that message is a reply; a holder does not accept it"))
+        }
+        if case .deposit = request {
+            guard message.descriptors.count == 1 else {
+                return .replyAndClose(.failure(
+                    .malformed, "a deposit carries exactly one descriptor; \(message.descriptors.count) came (closed)"))
+            }
+        } else if !message.descriptors.isEmpty {
             return .replyAndClose(.failure(.malformed, "descriptors are not expected with this message; they were closed"))
         }
         switch request {
@@ -33,8 +44,13 @@ extension EscrowHolder {
             return claim(shareID, secret: secret, by: connection)
         case .acknowledge(let shareID):
             return acknowledge(shareID, by: connection)
-        case .claimed, .failure:
-            return .replyAndClose(.failure(.unknownMessage, "that message is a reply; a holder does not accept it"))
+        case .deposit, .revoke, .list, .metrics, .takeover, .takeoverDone:
+            guard configuration.servesBrokerRequests else {
+                return .reply(.failure(.unknownMessage, "this holder is a sharer: it serves claims only"))
+            }
+            return brokerRequest(request, descriptor: message.descriptors.first, from: connection, &loop)
+        default:
+            return .replyAndClose(.failure(.unknownMessage, "not a request"))
         }
     }
 
@@ -94,17 +110,18 @@ extension EscrowHolder {
     /// The peer must be the target process (pid, then pidfs inode or start time) running as the
     /// target's uid.
     static func authorize(_ peer: PeerProcess, for entry: Entry, byStartTimeOnly: Bool) -> EscrowMessage? {
-        guard peer.pid == entry.target.pid else {
-            return .failure(.wrongProcess, "this share is for pid \(entry.target.pid); pid \(peer.pid) may not claim it")
+        let target = entry.target
+        guard peer.pid == target.identity.pid else {
+            return .failure(.wrongProcess, "this share is for pid \(target.identity.pid); pid \(peer.pid) may not claim it")
         }
-        guard peer.isProcess(entry.target, watchedBy: entry.targetWatch, byStartTimeOnly: byStartTimeOnly) else {
+        guard peer.isProcess(target, byStartTimeOnly: byStartTimeOnly) else {
             return .failure(
                 .wrongStartTime,
                 "pid \(peer.pid) is not the target process but a later one with its pid "
-                    + "(the target, started at tick \(entry.target.startTime), exited and its pid was reused)")
+                    + "(the target, started at tick \(target.identity.startTime), exited and its pid was reused)")
         }
-        guard peer.uid == entry.targetUID else {
-            return .failure(.wrongUser, "the claimant runs as uid \(peer.uid); the target ran as uid \(entry.targetUID)")
+        guard peer.uid == target.uid else {
+            return .failure(.wrongUser, "the claimant runs as uid \(peer.uid); the target ran as uid \(target.uid)")
         }
         return nil
     }

@@ -10,7 +10,7 @@ enum ShareClaim {
         defer { try? channel.close() }
         do throws(SocketShareError) {
             try channel.send(EscrowMessage.claim(shareID: token.shareID, secret: secret).bytes, deadline: deadline)
-            guard let reply = try channel.receive(maximumBytes: EscrowMessage.maximumLength, deadline: deadline) else {
+            guard let reply = try channel.receive(maximumBytes: EscrowMessage.maximumRequestLength, deadline: deadline) else {
                 throw SocketShareError(
                     .holderGone, operation: "claim", detail: "the holder closed the connection without answering")
             }

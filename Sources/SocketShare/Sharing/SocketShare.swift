@@ -42,8 +42,7 @@ public enum SocketShare {
     public static func duplicate(
         _ descriptor: CInt, for target: pid_t, options: ShareOptions = ShareOptions()
     ) throws(SocketShareError) -> ShareToken {
-        let watch = try ProcessDescriptor(pid: target)
-        return try duplicate(descriptor, for: watch.identity, watch: watch, options: options)
+        try duplicate(descriptor, to: try ShareTarget.resolve(pid: target), options: options)
     }
 
     /// Duplicates the socket behind `descriptor`; see ``duplicate(_:for:options:)-(CInt,_,_)``.
@@ -61,13 +60,11 @@ public enum SocketShare {
     public static func duplicate(
         _ descriptor: CInt, for target: ProcessIdentity, options: ShareOptions = ShareOptions()
     ) throws(SocketShareError) -> ShareToken {
-        try duplicate(descriptor, for: target, watch: try ProcessDescriptor(pid: target.pid), options: options)
+        try duplicate(descriptor, to: try ShareTarget.resolve(pid: target.pid, expected: target), options: options)
     }
 
-    /// The common path: `watch` is a pidfd of the target's pid; `target` is what claims are checked against.
-    static func duplicate(
-        _ descriptor: CInt, for target: ProcessIdentity, watch: ProcessDescriptor, options: ShareOptions
-    ) throws(SocketShareError) -> ShareToken {
+    /// The common path, for a target resolved while it runs.
+    static func duplicate(_ descriptor: CInt, to target: ShareTarget, options: ShareOptions) throws(SocketShareError) -> ShareToken {
         guard options.timeToLive > .zero else {
             throw SocketShareError(.invalidArgument, operation: "duplicate", detail: "time to live must be positive")
         }
@@ -75,32 +72,29 @@ public enum SocketShare {
             throw SocketShareError(.invalidArgument, operation: "duplicate", detail: "descriptor \(descriptor) is not open")
         }
         let description = try SocketDescription(of: descriptor)
-        let targetUID = try ProcessIdentity.effectiveUserID(of: target.pid)
-        let source = ProcessIdentity.current
-        switch options.via {
-        case .broker:
-            throw SocketShareError(
-                .holderGone, operation: "duplicate", detail: "no broker answers (start one with `sockshare broker`)")
-        case .pidfd:
-            try allowPull(by: target.pid)
-            fallthrough
-        case .auto, .sharer:
-            let mechanism: ShareMechanism = options.via == .pidfd ? .pidfd : .sharer
-            // A sharer that is stopping refuses deposits; start a fresh one and try once more.
-            for attempt in 0..<2 {
-                let holder = try runningSharer(replacing: attempt > 0)
-                let held = try Kernel.duplicate(descriptor)
-                do throws(SocketShareError) {
-                    return try holder.deposit(
-                        SocketDescriptor(taking: held), description: description, target: target, targetUID: targetUID,
-                        watch: watch, mechanism: mechanism, timeToLive: options.timeToLive,
-                        depositor: source, depositorUID: geteuid())
-                } catch where error.code == .holderGone && attempt == 0 {
-                    continue
-                }
+        if options.via == .broker || options.via == .auto {
+            let client = BrokerClient()
+            do throws(SocketShareError) {
+                return try client.deposit(descriptor, for: target.identity, timeToLive: options.timeToLive)
+            } catch where options.via == .auto && error.code == .holderGone {
+                // No broker answers: the sharer holds the share instead.
             }
-            throw SocketShareError(.holderGone, operation: "duplicate", detail: "the sharer stopped twice in a row")
         }
+        if options.via == .pidfd { try allowPull(by: target.identity.pid) }
+        let mechanism: ShareMechanism = options.via == .pidfd ? .pidfd : .sharer
+        // A sharer that is stopping refuses deposits; start a fresh one and try once more.
+        for attempt in 0..<2 {
+            let holder = try runningSharer(replacing: attempt > 0)
+            let held = try Kernel.duplicate(descriptor)
+            do throws(SocketShareError) {
+                return try holder.deposit(
+                    SocketDescriptor(taking: held), description: description, target: target, mechanism: mechanism,
+                    timeToLive: options.timeToLive, depositor: .current, depositorUID: geteuid())
+            } catch where error.code == .holderGone && attempt == 0 {
+                continue
+            }
+        }
+        throw SocketShareError(.holderGone, operation: "duplicate", detail: "the sharer stopped twice in a row")
     }
 
     /// Adopts a share: returns this process's own descriptor of the shared socket (close-on-exec).
@@ -148,7 +142,7 @@ public enum SocketShare {
     public static func stopSharing() {
         guard let holder = sharer.withLock({ $0 }) else { return }
         holder.stop()
-        while !holder.state.withLock({ $0.stopped }) {
+        while !holder.hasStopped {
             var pause = timespec(tv_sec: 0, tv_nsec: 1_000_000)
             nanosleep(&pause, nil)
         }

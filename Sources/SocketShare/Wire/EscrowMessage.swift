@@ -1,32 +1,82 @@
-/// The messages of the escrow protocol, spoken between a claimant and an escrow holder (the
-/// in-process sharer or the broker daemon) over a `SOCK_SEQPACKET` Unix socket.
+/// The messages of the escrow protocol, spoken between clients and an escrow holder (the in-process
+/// sharer or the broker daemon) over a `SOCK_SEQPACKET` Unix socket.
 ///
 /// Every message is one packet: `u8 version | u8 type | body`, big-endian. A holder answers a
-/// message of a version it does not speak with an ``EscrowFailure/unsupportedVersion`` error
-/// naming the versions it does speak, never with silence. `docs/PROTOCOL.md` is the reference for
+/// message of a version it does not speak with a ``EscrowFailure/unsupportedVersion`` failure
+/// naming the version it does speak, never with silence. `docs/PROTOCOL.md` is the reference for
 /// other languages.
 enum EscrowMessage: Equatable, Sendable {
-    /// Client → holder: claim share `shareID`, proving the secret. The holder answers ``claimed`` with
-    /// the descriptor attached, or ``failure``.
+    /// Client → holder: claim share `shareID`, proving the secret. Answered by ``claimed(shareID:)``
+    /// with the descriptor attached, or ``failure(_:_:)``.
     case claim(shareID: UInt64, secret: ShareSecret)
-    /// Holder → client: here is the socket (one `SCM_RIGHTS` descriptor).
-    case claimed(shareID: UInt64)
     /// Client → holder: the descriptor arrived; the holder may close its copy. Without it the holder
     /// keeps the share and offers it again if the claimant goes away.
     case acknowledge(shareID: UInt64)
+    /// Client → broker, with one descriptor: hold it for `targetPID` (whose start time must be
+    /// `targetStartTime` when that is not 0) for `timeToLiveMilliseconds`. Answered by ``deposited(token:)``.
+    case deposit(targetPID: UInt32, targetStartTime: UInt64, timeToLiveMilliseconds: UInt32)
+    /// Client → broker: end share `shareID` now (its depositor's uid, or root, only).
+    case revoke(shareID: UInt64)
+    /// Client → broker: list the shares the asker may see, those with ids above `after`.
+    case list(after: UInt64)
+    /// Client → broker: the broker's metrics, as Prometheus text.
+    case metrics
+    /// New broker → running broker: hand over everything you hold (the broker's uid, or root, only).
+    case takeover
+    /// New broker → old broker: all state arrived; you may exit.
+    case takeoverDone
+
+    /// Holder → client: here is the socket (one `SCM_RIGHTS` descriptor).
+    case claimed(shareID: UInt64)
+    /// Broker → client: the share is held; here is its token (binary form).
+    case deposited(token: [UInt8])
+    /// Broker → client: the share is revoked and its duplicate closed.
+    case revoked(shareID: UInt64)
+    /// Broker → client: some shares; `more` says whether to ask again after the last id.
+    case listing(more: Bool, shares: [HeldShare])
+    /// Broker → client: Prometheus text.
+    case metricsText(String)
+    /// Old broker → new broker: the listening socket (one descriptor attached) and how many shares follow.
+    case takeoverListener(shareCount: UInt32)
+    /// Old broker → new broker: shares, each with its descriptor attached in the same order.
+    case takeoverShares([TransferredShare])
     /// Holder → client: the request failed.
     case failure(EscrowFailure, String)
 
     /// The protocol version this build speaks.
     static let version: UInt8 = 1
-    /// The longest message either side sends; longer ones are refused.
-    static let maximumLength = 4096
+    /// The longest request a holder accepts.
+    static let maximumRequestLength = 4096
+    /// The longest reply a client must be ready for (listings, metrics, takeover batches).
+    static let maximumReplyLength = 65536
+    /// The most shares in one listing packet.
+    static let listingPageSize = 200
 
     enum TypeCode: UInt8 {
         case claim = 0x01
         case acknowledge = 0x02
+        case deposit = 0x03
+        case revoke = 0x04
+        case list = 0x05
+        case metrics = 0x06
+        case takeover = 0x07
+        case takeoverDone = 0x08
         case claimed = 0x81
+        case deposited = 0x83
+        case revoked = 0x84
+        case listing = 0x85
+        case metricsText = 0x86
+        case takeoverListener = 0x87
+        case takeoverShares = 0x88
         case failure = 0xFF
+    }
+
+    /// Whether this message is a request (sent to a holder) rather than a reply.
+    var isRequest: Bool {
+        switch self {
+        case .claim, .acknowledge, .deposit, .revoke, .list, .metrics, .takeover, .takeoverDone: true
+        default: false
+        }
     }
 
     /// The message's wire form.
@@ -38,12 +88,50 @@ enum EscrowMessage: Equatable, Sendable {
             writer.write(TypeCode.claim.rawValue)
             writer.write(shareID)
             writer.write(secret.bytes)
-        case .claimed(let shareID):
-            writer.write(TypeCode.claimed.rawValue)
-            writer.write(shareID)
         case .acknowledge(let shareID):
             writer.write(TypeCode.acknowledge.rawValue)
             writer.write(shareID)
+        case .deposit(let pid, let start, let ttl):
+            writer.write(TypeCode.deposit.rawValue)
+            writer.write(pid)
+            writer.write(start)
+            writer.write(ttl)
+        case .revoke(let shareID):
+            writer.write(TypeCode.revoke.rawValue)
+            writer.write(shareID)
+        case .list(let after):
+            writer.write(TypeCode.list.rawValue)
+            writer.write(after)
+        case .metrics:
+            writer.write(TypeCode.metrics.rawValue)
+        case .takeover:
+            writer.write(TypeCode.takeover.rawValue)
+        case .takeoverDone:
+            writer.write(TypeCode.takeoverDone.rawValue)
+        case .claimed(let shareID):
+            writer.write(TypeCode.claimed.rawValue)
+            writer.write(shareID)
+        case .deposited(let token):
+            writer.write(TypeCode.deposited.rawValue)
+            writer.write(token)
+        case .revoked(let shareID):
+            writer.write(TypeCode.revoked.rawValue)
+            writer.write(shareID)
+        case .listing(let more, let shares):
+            writer.write(TypeCode.listing.rawValue)
+            writer.write(UInt8(more ? 1 : 0))
+            writer.write(UInt16(shares.count))
+            for share in shares { share.write(to: &writer) }
+        case .metricsText(let text):
+            writer.write(TypeCode.metricsText.rawValue)
+            writer.write(Array(text.utf8).prefix(Self.maximumReplyLength - 2))
+        case .takeoverListener(let count):
+            writer.write(TypeCode.takeoverListener.rawValue)
+            writer.write(count)
+        case .takeoverShares(let shares):
+            writer.write(TypeCode.takeoverShares.rawValue)
+            writer.write(UInt16(shares.count))
+            for share in shares { share.write(to: &writer) }
         case .failure(let code, let text):
             writer.write(TypeCode.failure.rawValue)
             writer.write(code.rawValue)
@@ -54,8 +142,9 @@ enum EscrowMessage: Equatable, Sendable {
 
     /// Decodes one packet.
     ///
-    /// - Throws: ``SocketShareError`` with code `protocolViolation` naming the field, or with
-    ///   ``EscrowFailure/unsupportedVersion`` in its detail when the version is not ours.
+    /// - Throws: ``SocketShareError`` with code `protocolViolation` naming the field at fault; its
+    ///   detail starts with `protocol version` when the version is not ours, with `field type` when
+    ///   the type is unknown.
     init(bytes: [UInt8]) throws(SocketShareError) {
         var reader = ByteReader(bytes, operation: "decode message")
         let version: UInt8 = try reader.read(field: "version")
@@ -65,32 +154,63 @@ enum EscrowMessage: Equatable, Sendable {
                 detail: "protocol version \(version) is not supported (this side speaks version \(Self.version))")
         }
         let code: UInt8 = try reader.read(field: "type")
-        switch TypeCode(rawValue: code) {
-        case .claim:
-            let shareID: UInt64 = try reader.read(field: "shareID")
-            let secret = ShareSecret(bytes: try reader.readBytes(ShareSecret.byteCount, field: "secret"))!
-            try reader.expectEnd("a claim")
-            self = .claim(shareID: shareID, secret: secret)
-        case .acknowledge:
-            let shareID: UInt64 = try reader.read(field: "shareID")
-            try reader.expectEnd("an acknowledge")
-            self = .acknowledge(shareID: shareID)
-        case .claimed:
-            let shareID: UInt64 = try reader.read(field: "shareID")
-            try reader.expectEnd("a claimed reply")
-            self = .claimed(shareID: shareID)
-        case .failure:
-            let raw: UInt16 = try reader.read(field: "code")
-            let text = String(decoding: reader.readRest(), as: UTF8.self)
-            self = .failure(EscrowFailure(rawValue: raw) ?? .internalError, text)
-        case nil:
+        guard let type = TypeCode(rawValue: code) else {
             throw SocketShareError(.protocolViolation, operation: "decode message", detail: "field type: \(code) is not a message type")
         }
+        switch type {
+        case .claim:
+            let shareID: UInt64 = try reader.read(field: "shareID")
+            self = .claim(shareID: shareID, secret: ShareSecret(bytes: try reader.readBytes(ShareSecret.byteCount, field: "secret"))!)
+        case .acknowledge:
+            self = .acknowledge(shareID: try reader.read(field: "shareID"))
+        case .deposit:
+            self = .deposit(
+                targetPID: try reader.read(field: "targetPid"), targetStartTime: try reader.read(field: "targetStartTime"),
+                timeToLiveMilliseconds: try reader.read(field: "ttlMilliseconds"))
+        case .revoke:
+            self = .revoke(shareID: try reader.read(field: "shareID"))
+        case .list:
+            self = .list(after: try reader.read(field: "after"))
+        case .metrics:
+            self = .metrics
+        case .takeover:
+            self = .takeover
+        case .takeoverDone:
+            self = .takeoverDone
+        case .claimed:
+            self = .claimed(shareID: try reader.read(field: "shareID"))
+        case .deposited:
+            self = .deposited(token: reader.readRest())
+        case .revoked:
+            self = .revoked(shareID: try reader.read(field: "shareID"))
+        case .listing:
+            let more: UInt8 = try reader.read(field: "more")
+            let count = Int(try reader.read(UInt16.self, field: "count"))
+            var shares: [HeldShare] = []
+            for _ in 0..<count { shares.append(try HeldShare(from: &reader)) }
+            self = .listing(more: more != 0, shares: shares)
+        case .metricsText:
+            self = .metricsText(String(decoding: reader.readRest(), as: UTF8.self))
+        case .takeoverListener:
+            self = .takeoverListener(shareCount: try reader.read(field: "shareCount"))
+        case .takeoverShares:
+            let count = Int(try reader.read(UInt16.self, field: "count"))
+            guard count <= DescriptorChannel.maximumDescriptorsPerMessage else {
+                throw reader.invalid("count", "\(count) shares in one message; at most 252")
+            }
+            var shares: [TransferredShare] = []
+            for _ in 0..<count { shares.append(try TransferredShare(from: &reader)) }
+            self = .takeoverShares(shares)
+        case .failure:
+            let raw: UInt16 = try reader.read(field: "code")
+            self = .failure(EscrowFailure(rawValue: raw) ?? .internalError, String(decoding: reader.readRest(), as: UTF8.self))
+        }
+        try reader.expectEnd("the \(type) message")
     }
 }
 
 /// Why an escrow holder refused a request; sent as a `u16` in ``EscrowMessage/failure(_:_:)``.
-enum EscrowFailure: UInt16, Sendable {
+enum EscrowFailure: UInt16, Sendable, CaseIterable {
     case malformed = 1
     case unsupportedVersion = 2
     case unknownMessage = 3
@@ -105,8 +225,9 @@ enum EscrowFailure: UInt16, Sendable {
     case internalError = 12
     case permissionDenied = 13
     case claimInProgress = 14
+    case targetGone = 15
 
-    /// The error code a claimant reports for this refusal.
+    /// The error code a client reports for this refusal.
     var code: SocketShareError.Code {
         switch self {
         case .malformed, .unsupportedVersion, .unknownMessage: .protocolViolation
@@ -118,6 +239,10 @@ enum EscrowFailure: UInt16, Sendable {
         case .limitReached: .limitReached
         case .internalError: .system
         case .permissionDenied: .permissionDenied
+        case .targetGone: .invalidArgument
         }
     }
+
+    /// The name used in logs and metrics (`wrongProcess`, …).
+    var name: String { "\(self)" }
 }

@@ -1,0 +1,37 @@
+import Metrics
+
+/// What an escrow holder counts, through swift-metrics: deposits, claims, refusals by reason,
+/// expiries and the shares held now. Without a metrics backend bootstrapped these cost nothing; the
+/// broker bootstraps Prometheus and serves the text to `sockshare status --metrics`.
+struct EscrowMetrics: Sendable {
+    private let deposits = Counter(label: "sockshare_deposits_total")
+    private let claims = Counter(label: "sockshare_claims_total")
+    private let expiries = Counter(label: "sockshare_expiries_total")
+    private let revocations = Counter(label: "sockshare_revocations_total")
+    private let targetExits = Counter(label: "sockshare_target_exits_total")
+    private let held = Gauge(label: "sockshare_held_shares")
+
+    func deposited(heldNow: Int) {
+        deposits.increment()
+        held.record(heldNow)
+    }
+
+    func finished(_ outcome: ShareOutcome, heldNow: Int) {
+        switch outcome {
+        case .claimed: claims.increment()
+        case .expired: expiries.increment()
+        case .revoked: revocations.increment()
+        case .targetExited: targetExits.increment()
+        case .holderStopped: break
+        }
+        held.record(heldNow)
+    }
+
+    func held(_ count: Int) {
+        held.record(count)
+    }
+
+    func refused(_ reason: EscrowFailure) {
+        Counter(label: "sockshare_refusals_total", dimensions: [("reason", reason.name)]).increment()
+    }
+}

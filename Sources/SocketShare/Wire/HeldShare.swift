@@ -1,0 +1,152 @@
+import Glibc
+
+/// A share as the broker lists it: what is held, for whom, for how long. Never the secret.
+public struct HeldShare: Hashable, Sendable {
+    /// The share's id at the broker.
+    public var id: UInt64
+    /// The socket's family.
+    public var family: SocketFamily
+    /// The socket's type.
+    public var kind: SocketKind
+    /// The socket's protocol number.
+    public var protocolNumber: CInt
+    /// Whether the socket listens.
+    public var isListening: Bool
+    /// Whether the socket is connected.
+    public var isConnected: Bool
+    /// The socket's local address, as text.
+    public var localAddress: String
+    /// The process that deposited it.
+    public var sourcePID: pid_t
+    /// The only process that may claim it.
+    public var targetPID: pid_t
+    /// The depositor's uid (who may revoke it).
+    public var depositorUID: uid_t
+    /// How long it has been held, in milliseconds.
+    public var ageMilliseconds: UInt64
+    /// How long until it expires, in milliseconds.
+    public var expiresInMilliseconds: UInt64
+
+    /// Creates a listing entry.
+    public init(
+        id: UInt64, family: SocketFamily, kind: SocketKind, protocolNumber: CInt, isListening: Bool, isConnected: Bool,
+        localAddress: String, sourcePID: pid_t, targetPID: pid_t, depositorUID: uid_t, ageMilliseconds: UInt64,
+        expiresInMilliseconds: UInt64
+    ) {
+        self.id = id
+        self.family = family
+        self.kind = kind
+        self.protocolNumber = protocolNumber
+        self.isListening = isListening
+        self.isConnected = isConnected
+        self.localAddress = localAddress
+        self.sourcePID = sourcePID
+        self.targetPID = targetPID
+        self.depositorUID = depositorUID
+        self.ageMilliseconds = ageMilliseconds
+        self.expiresInMilliseconds = expiresInMilliseconds
+    }
+
+    func write(to writer: inout ByteWriter) {
+        writer.write(id)
+        writer.write(family.rawValue)
+        writer.write(kind.rawValue)
+        writer.write(UInt32(bitPattern: protocolNumber))
+        writer.write(UInt8((isListening ? 1 : 0) | (isConnected ? 2 : 0)))
+        writer.write(UInt32(bitPattern: sourcePID))
+        writer.write(UInt32(bitPattern: targetPID))
+        writer.write(depositorUID)
+        writer.write(ageMilliseconds)
+        writer.write(expiresInMilliseconds)
+        let address = Array(localAddress.utf8.prefix(255))
+        writer.write(UInt8(address.count))
+        writer.write(address)
+    }
+
+    init(from reader: inout ByteReader) throws(SocketShareError) {
+        id = try reader.read(field: "id")
+        let familyCode: UInt8 = try reader.read(field: "family")
+        guard let family = SocketFamily(rawValue: familyCode) else { throw reader.invalid("family", "\(familyCode) is not a family") }
+        self.family = family
+        let typeCode: UInt8 = try reader.read(field: "type")
+        guard let kind = SocketKind(rawValue: typeCode) else { throw reader.invalid("type", "\(typeCode) is not a type") }
+        self.kind = kind
+        protocolNumber = CInt(bitPattern: try reader.read(UInt32.self, field: "protocol"))
+        let flags: UInt8 = try reader.read(field: "flags")
+        isListening = flags & 1 != 0
+        isConnected = flags & 2 != 0
+        sourcePID = pid_t(bitPattern: try reader.read(UInt32.self, field: "sourcePid"))
+        targetPID = pid_t(bitPattern: try reader.read(UInt32.self, field: "targetPid"))
+        depositorUID = try reader.read(field: "depositorUid")
+        ageMilliseconds = try reader.read(field: "age")
+        expiresInMilliseconds = try reader.read(field: "expiresIn")
+        let length = Int(try reader.read(UInt8.self, field: "addressLength"))
+        localAddress = String(decoding: try reader.readBytes(length, field: "address"), as: UTF8.self)
+    }
+}
+
+/// A held share as one broker hands it to its successor on takeover (its descriptor travels
+/// alongside, in the same message).
+struct TransferredShare: Hashable, Sendable {
+    var id: UInt64
+    var secret: ShareSecret?
+    var mechanism: ShareMechanism
+    var target: ShareTarget
+    var depositor: ProcessIdentity
+    var depositorUID: uid_t
+    var createdAtMilliseconds: UInt64
+    var expiresAtMilliseconds: UInt64
+
+    func write(to writer: inout ByteWriter) {
+        writer.write(id)
+        writer.write(UInt8(secret == nil ? 0 : 1))
+        writer.write(secret?.bytes ?? [UInt8](repeating: 0, count: ShareSecret.byteCount))
+        writer.write(mechanism.rawValue)
+        writer.write(UInt32(bitPattern: target.identity.pid))
+        writer.write(target.identity.startTime)
+        writer.write(target.uniqueInode ?? 0)
+        writer.write(target.uid)
+        writer.write(UInt32(bitPattern: depositor.pid))
+        writer.write(depositor.startTime)
+        writer.write(depositorUID)
+        writer.write(createdAtMilliseconds)
+        writer.write(expiresAtMilliseconds)
+    }
+
+    init(
+        id: UInt64, secret: ShareSecret?, mechanism: ShareMechanism, target: ShareTarget, depositor: ProcessIdentity,
+        depositorUID: uid_t, createdAtMilliseconds: UInt64, expiresAtMilliseconds: UInt64
+    ) {
+        self.id = id
+        self.secret = secret
+        self.mechanism = mechanism
+        self.target = target
+        self.depositor = depositor
+        self.depositorUID = depositorUID
+        self.createdAtMilliseconds = createdAtMilliseconds
+        self.expiresAtMilliseconds = expiresAtMilliseconds
+    }
+
+    init(from reader: inout ByteReader) throws(SocketShareError) {
+        id = try reader.read(field: "id")
+        let hasSecret: UInt8 = try reader.read(field: "hasSecret")
+        let secretBytes = try reader.readBytes(ShareSecret.byteCount, field: "secret")
+        secret = hasSecret == 0 ? nil : ShareSecret(bytes: secretBytes)
+        let mechanismCode: UInt8 = try reader.read(field: "mechanism")
+        guard let mechanism = ShareMechanism(rawValue: mechanismCode) else {
+            throw reader.invalid("mechanism", "\(mechanismCode) is not a mechanism")
+        }
+        self.mechanism = mechanism
+        let pid = pid_t(bitPattern: try reader.read(UInt32.self, field: "targetPid"))
+        let start: UInt64 = try reader.read(field: "targetStartTime")
+        let inode: UInt64 = try reader.read(field: "targetInode")
+        let uid: uid_t = try reader.read(field: "targetUid")
+        target = ShareTarget(identity: ProcessIdentity(pid: pid, startTime: start), uid: uid, uniqueInode: inode == 0 ? nil : inode)
+        depositor = ProcessIdentity(
+            pid: pid_t(bitPattern: try reader.read(UInt32.self, field: "depositorPid")),
+            startTime: try reader.read(field: "depositorStartTime"))
+        depositorUID = try reader.read(field: "depositorUid")
+        createdAtMilliseconds = try reader.read(field: "createdAt")
+        expiresAtMilliseconds = try reader.read(field: "expiresAt")
+    }
+}
