@@ -10,9 +10,13 @@ struct Share: AsyncParsableCommand {
             Shares descriptor N, which sockshare inherited from its parent, with process PID. The token is \
             printed as one line on stdout and flushed at once; pass it to the target over any IPC.
 
-            With --via sharer or pidfd this process is the holder: it stays in the foreground until the \
-            share is claimed (exit 0), expires (exit 2) or the target exits without claiming (exit 3). \
-            SIGINT, SIGTERM or SIGHUP revoke the share (exit 128+signal). Other failures exit 1.
+            With the broker (--via broker, or --via auto when a broker answers) the broker holds the share: \
+            share prints the token and exits 0 at once, and the source may close or exit.
+
+            With --via sharer or pidfd (or auto without a broker) this process is the holder: it stays in \
+            the foreground until the share is claimed (exit 0), expires (exit 2) or the target exits \
+            without claiming (exit 3). SIGINT, SIGTERM or SIGHUP revoke the share (exit 128+signal). \
+            Other failures exit 1.
 
             Example (bash opens a TCP connection as fd 3 and shares it with a waiting process):
               sockshare share --fd 3 --to "$TARGET_PID" 3<>/dev/tcp/127.0.0.1/8080 > token.txt
@@ -26,8 +30,8 @@ struct Share: AsyncParsableCommand {
     var target: Int32
 
     @Option(help: ArgumentHelp(
-        "Who holds the share until it is claimed: auto (the broker if one answers, else sharer), sharer, pidfd.",
-        valueName: "auto|sharer|pidfd"))
+        "Who holds the share until it is claimed: auto (the broker if one answers, else sharer), broker, sharer, pidfd.",
+        valueName: "auto|broker|sharer|pidfd"))
     var via: String = "auto"
 
     @Option(help: ArgumentHelp("Seconds the share stays claimable (fractions allowed; at most 86400).", valueName: "SECONDS"))
@@ -36,8 +40,8 @@ struct Share: AsyncParsableCommand {
     func validate() throws {
         guard descriptor >= 0 else { throw ValidationError("--fd \(descriptor): a descriptor is a number >= 0") }
         guard target > 0 else { throw ValidationError("--to \(target): a pid is a number > 0") }
-        guard let mode = ShareOptions.Via(rawValue: via), mode != .broker else {
-            throw ValidationError("--via \(via): expected auto, sharer or pidfd")
+        guard ShareOptions.Via(rawValue: via) != nil else {
+            throw ValidationError("--via \(via): expected auto, broker, sharer or pidfd")
         }
         guard ttl.isFinite, ttl > 0, ttl <= 86400 else {
             throw ValidationError("--ttl \(ttl): expected a number of seconds greater than 0 and at most 86400")
@@ -91,9 +95,12 @@ struct Share: AsyncParsableCommand {
             try Terminal.line(token.text)
         } catch {
             SocketShare.revoke(token)
+            if token.mechanism == .broker { try? BrokerClient(socketPath: token.endpoint).revoke(shareID: token.shareID) }
             SocketShare.stopSharing()
             throw Terminal.fail(error.within("share"))
         }
+        // The broker holds it now: nothing left to wait for here.
+        if token.mechanism == .broker { return }
         let outcome = await SocketShare.outcome(of: token)
         SocketShare.stopSharing()
         switch outcome {

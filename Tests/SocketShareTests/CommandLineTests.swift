@@ -22,7 +22,7 @@ extension SocketShareTests {
         }
 
         @Test func theDemoPassesOverIPv6AndUnixSockets() throws {
-            let path = TestEnvironment.runtimeDirectory + "/../demo.sock"
+            let path = TestEnvironment.root + "/demo.sock"
             for address in ["tcp://[::1]:0", "unix://\(path)"] {
                 let run = try ProgramRun.run(Paths.sockshare, ["demo", "--address", address])
                 #expect(run.status == .exited(0), "\(address): \(run.standardOutput)\(run.standardError)")

@@ -157,6 +157,19 @@ func run(_ words: [String]) async throws -> [String] {
         let ttl: Duration = words.count > 4 ? .milliseconds(Int(words[4])!) : ShareOptions.defaultTimeToLive
         let token = try SocketShare.duplicate(try slot(words[1]), for: pid_t(words[2])!, options: ShareOptions(via: via, timeToLive: ttl))
         return [token.text]
+    case "deposit":
+        // deposit SLOT PID BROKER-PATH TTL-MS [START-TIME]
+        let client = BrokerClient(socketPath: words[3])
+        let start = words.count > 5 ? UInt64(words[5])! : 0
+        let token = try client.deposit(
+            try slot(words[1]).rawValue, for: ProcessIdentity(pid: pid_t(words[2])!, startTime: start),
+            timeToLive: .milliseconds(Int(words[4])!))
+        return [token.text]
+    case "broker-list":
+        return try BrokerClient(socketPath: words[1]).list().map { "\($0.id)" }
+    case "broker-revoke":
+        try BrokerClient(socketPath: words[1]).revoke(shareID: UInt64(words[2])!)
+        return []
     case "outcome":
         return ["\(await SocketShare.outcome(of: try ShareToken(text: words[1])))".replacingSpaces]
     case "held":

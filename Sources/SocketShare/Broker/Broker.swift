@@ -28,6 +28,8 @@ public final class Broker: Sendable {
         public var maximumTimeToLive: Duration
         /// A group whose members may reach the broker, for sharing across users; nil keeps it private.
         public var group: gid_t?
+        /// How long a client connection may stay silent before it is dropped.
+        public var idleTimeout: Duration
         /// Renders metrics for `sockshare status --metrics`; nil answers with an empty text.
         public var metricsText: (@Sendable () -> String)?
 
@@ -35,8 +37,9 @@ public final class Broker: Sendable {
         public init(
             socketPath: String = Broker.defaultSocketPath, maximumShares: Int = 100_000,
             maximumSharesPerUser: Int? = nil, maximumTimeToLive: Duration = .seconds(86_400), group: gid_t? = nil,
-            metricsText: (@Sendable () -> String)? = nil
+            idleTimeout: Duration = .seconds(10), metricsText: (@Sendable () -> String)? = nil
         ) {
+            self.idleTimeout = idleTimeout
             self.socketPath = socketPath
             self.maximumShares = maximumShares
             self.maximumSharesPerUser = maximumSharesPerUser
@@ -120,6 +123,7 @@ public final class Broker: Sendable {
         settings.maximumSharesPerUser = configuration.maximumSharesPerUser
         settings.maximumTimeToLive = configuration.maximumTimeToLive
         settings.metricsText = configuration.metricsText
+        settings.requestTimeout = configuration.idleTimeout
         settings.logger = logger
         return settings
     }

@@ -38,15 +38,18 @@ func unhex(_ text: String) -> String {
 
 /// Test-wide setup: a private runtime directory, so tests never touch /run/sockshare.
 enum TestEnvironment {
-    static let runtimeDirectory: String = {
+    /// A fresh directory for this test run, holding the runtime directory and brokers' directories.
+    static let root: String = {
         var template = Array("/tmp/sockshare-tests-XXXXXX".utf8CString)
         let path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
         setenv("SOCKSHARE_RUNTIME_DIR", path + "/run", 1)
         signal(SIGPIPE, SIG_IGN)
-        return path + "/run"
+        return path
     }()
 
-    static func prepare() { _ = runtimeDirectory }
+    static var runtimeDirectory: String { root + "/run" }
+
+    static func prepare() { _ = root }
 }
 
 /// Runs each body on its own POSIX thread (not the cooperative pool, which blocking calls would

@@ -1,0 +1,99 @@
+import ArgumentParser
+import Glibc
+import Logging
+import Metrics
+import Prometheus
+import SocketShare
+
+struct BrokerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "broker",
+        abstract: "Run the broker: hold shared sockets so that their sources may close them, or exit, at once.",
+        discussion: """
+            Runs in the foreground, logging to stderr. Sources deposit sockets (`sockshare share --via auto` \
+            or `--via broker`) and exit; targets claim them with the token, as from any holder. A share is \
+            claimable once, only by its target (pid, start time, uid), until it expires.
+
+            The socket is $SOCKSHARE_BROKER, else broker.sock in $XDG_RUNTIME_DIR/sockshare (root: \
+            /run/sockshare). Its directory must be private (0700) to this user; --group opens it (0710) to \
+            one group for sharing across users.
+
+            SIGTERM or SIGINT stop the broker: every held share is closed and logged as such. To restart \
+            without losing shares, start the new broker with --takeover: it receives the listening socket \
+            and every share from the running one, which then exits.
+
+            Example:
+              sockshare broker --max-shares 10000 --per-uid 1000 --max-ttl 300
+            """
+    )
+
+    @Option(name: .customLong("socket"), help: ArgumentHelp("The broker's socket path.", valueName: "PATH"))
+    var socketPath: String?
+
+    @Option(help: ArgumentHelp("The most shares held at once.", valueName: "N"))
+    var maxShares: Int = 100_000
+
+    @Option(help: ArgumentHelp("The longest time to live a deposit may ask for, in seconds.", valueName: "SECONDS"))
+    var maxTtl: Double = 86_400
+
+    @Option(help: ArgumentHelp("The most shares one depositor uid may hold at once.", valueName: "N"))
+    var perUid: Int?
+
+    @Option(help: ArgumentHelp("A group (name or number) whose members may use the broker, for sharing across users.", valueName: "GROUP"))
+    var group: String?
+
+    @Option(help: ArgumentHelp("Seconds a client connection may stay silent before the broker drops it.", valueName: "SECONDS"))
+    var idleTimeout: Double = 10
+
+    @Flag(help: "Take over from the broker running at the socket: receive its listening socket and every share.")
+    var takeover = false
+
+    @Option(help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "LEVEL"))
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard maxShares > 0 else { throw ValidationError("--max-shares \(maxShares): expected a number > 0") }
+        guard maxTtl.isFinite, maxTtl > 0 else { throw ValidationError("--max-ttl \(maxTtl): expected seconds > 0") }
+        if let perUid, perUid <= 0 { throw ValidationError("--per-uid \(perUid): expected a number > 0") }
+        guard idleTimeout.isFinite, idleTimeout > 0 else { throw ValidationError("--idle-timeout \(idleTimeout): expected seconds > 0") }
+        if let socketPath, !socketPath.hasPrefix("/") { throw ValidationError("--socket \(socketPath): expected an absolute path") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel): unknown level") }
+        if let group, Self.groupID(group) == nil { throw ValidationError("--group \(group): no such group") }
+    }
+
+    static func groupID(_ name: String) -> gid_t? {
+        if let number = gid_t(name) { return number }
+        return getgrnam(name).map { $0.pointee.gr_gid }
+    }
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)
+        let level = Logger.Level(rawValue: logLevel)!
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let logger = Logger(label: "sockshare.broker")
+        let configuration = Broker.Configuration(
+            socketPath: socketPath ?? Broker.defaultSocketPath, maximumShares: maxShares, maximumSharesPerUser: perUid,
+            maximumTimeToLive: .milliseconds(Int64(maxTtl * 1000)), group: group.flatMap(Self.groupID),
+            idleTimeout: .milliseconds(Int64(idleTimeout * 1000)), metricsText: { registry.emitToString() })
+        let broker = try Terminal.run { () throws(SocketShareError) in
+            takeover
+                ? try Broker.takingOver(configuration: configuration, logger: logger)
+                : try Broker(configuration: configuration, logger: logger)
+        }
+        try Terminal.run { () throws(SocketShareError) in
+            try SignalPipe.handle([SIGTERM, SIGINT]) { number in
+                logger.notice("signal \(number): stopping")
+                broker.stop()
+            }
+        }
+        logger.notice("broker pid \(getpid()) at \(configuration.socketPath)")
+        broker.run()
+        logger.notice("broker stopped")
+    }
+}
