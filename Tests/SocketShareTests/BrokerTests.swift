@@ -195,3 +195,78 @@ extension SocketShareTests {
         }
     }
 }
+
+extension SocketShareTests {
+    /// Sharing across users, through a broker opened to one group.
+    @Suite struct BrokerCrossUserTests {
+        init() { TestEnvironment.prepare() }
+
+        static let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+        @Test(.enabled(if: geteuid() == 0, "needs root to run processes as nobody"))
+        func rootSharesWithNobodyThroughAGroupBroker() throws {
+            // Outside the private test directory, which nobody could not enter.
+            var template = Array("/tmp/sockshare-group-XXXXXX".utf8CString)
+            let parent = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+            chmod(parent, 0o755)
+            defer { _ = try? ProgramRun.run("rm", ["-rf", parent]) }
+            let broker = try BrokerProcess(arguments: ["--group", "65534"], directory: parent + "/run")
+            let info = try #require(try Kernel.linkStatus(parent + "/run"))
+            #expect(info.st_mode & 0o777 == 0o710 && info.st_gid == 65534, "the group may enter, not list; others nothing")
+
+            let worker = try Helper(wrapper: Self.nobody)
+            let other = try Helper(wrapper: Self.nobody)
+            #expect(try worker.call("pid")[2] == "65534")
+            // Root binds what nobody could not, and hands it over.
+            let listener = try SocketDescriptor.listening(on: .ipv4(host: "127.0.0.1", port: 0))
+            let token = try broker.client.deposit(listener.rawValue, for: try ProcessIdentity(pid: worker.pid))
+            try listener.close()
+            #expect(throws: HelperError.self) { try other.call("adopt", token.text) }
+            let adopted = try worker.call("adopt", token.text)
+            #expect(adopted[4] == "listening")
+
+            // Each uid sees and revokes only its own shares.
+            let rootShare = try broker.client.deposit(
+                try SocketDescriptor.socket(.inet, .stream).rawValue, for: try ProcessIdentity(pid: other.pid))
+            let mine = try worker.call("listen", "udp://127.0.0.1:0")[0]
+            _ = try worker.call("deposit", mine, "\(other.pid)", broker.socketPath, "10000")
+            #expect(try worker.call("broker-list", broker.socketPath).count == 1)
+            #expect(try broker.client.list().count == 2, "root sees every share")
+            #expect {
+                try worker.call("broker-revoke", broker.socketPath, "\(rootShare.shareID)")
+            } throws: { error in
+                let error = error as! HelperError
+                return error.code == "permissionDenied" && error.text.contains("belongs to uid 0")
+            }
+            _ = try worker.finish()
+            _ = try other.finish()
+            try broker.stop()
+        }
+    }
+}
+
+extension SocketShareTests {
+    @Suite struct BrokerScaleTests {
+        init() { TestEnvironment.prepare() }
+
+        @Test func tenThousandSharesHeldAtOnce() throws {
+            let broker = try BrokerProcess(logLevel: "notice")
+            let target = try Helper()
+            let socket = try SocketDescriptor.socket(.inet, .stream)
+            let baseline = broker.settledDescriptorCount
+            let identity = try ProcessIdentity(pid: target.pid)
+            var tokens: [ShareToken] = []
+            for _ in 0..<10_000 { tokens.append(try broker.client.deposit(socket.rawValue, for: identity)) }
+            #expect(broker.settledDescriptorCount == baseline + 10_000, "one duplicate per share, nothing more")
+            #expect(try broker.client.list().count == 10_000)
+            #expect(try broker.client.metrics().contains("sockshare_held_shares 10000"))
+            // Claims are served at full load, the first and the last alike.
+            try target.call("close", try target.call("adopt", tokens[0].text)[0])
+            try target.call("close", try target.call("adopt", tokens[9_999].text)[0])
+            #expect(eventually { (try? broker.client.list().count) == 9_998 })
+            #expect(try broker.stop() == .exited(0))
+            #expect(broker.log.contains("closed 9998 held shares"))
+            _ = try target.finish()
+        }
+    }
+}

@@ -63,10 +63,52 @@ extension SocketShareTests {
     @Suite struct ForeignClientTests {
         init() { TestEnvironment.prepare() }
 
-        @Test func theDocumentedPythonClientIsTheTestedOne() throws {
+        @Test(arguments: ["claim.py", "deposit.py"])
+        func theDocumentedPythonClientsAreTheTestedOnes(_ name: String) throws {
             let document = String(decoding: try Kernel.readFile(CommandLineTests.scripts + "/../../docs/PROTOCOL.md"), as: UTF8.self)
-            let script = String(decoding: try Kernel.readFile(CommandLineTests.scripts + "/claim.py"), as: UTF8.self)
+            let script = String(decoding: try Kernel.readFile(CommandLineTests.scripts + "/" + name), as: UTF8.self)
             #expect(document.contains("```python\n" + script + "```"))
+        }
+
+        @Test func pythonDepositsAtTheBrokerAndSwiftAdopts() throws {
+            let broker = try BrokerProcess()
+            let target = try Helper()
+            // Python deposits its listener and exits at once.
+            let run = try ProgramRun.run("python3", [CommandLineTests.scripts + "/deposit.py", broker.socketPath, "\(target.pid)"])
+            #expect(run.status == .exited(0), "\(run.standardError)")
+            let words = run.standardOutput.split(separator: " ").map(String.init)
+            let token = try ShareToken(text: words[0])
+            #expect(token.mechanism == .broker && token.isListening)
+            let port = UInt16(words[1].trimmingSpaces)!
+            let slot = try target.call("adopt", token.text)[0]
+            let client = try SocketDescriptor.connected(to: .ipv4(host: "127.0.0.1", port: port))
+            let connection = try target.call("accept", slot)[0]
+            try target.call("send", connection, hex("served by swift"))
+            #expect(try client.waitUntilReadable(deadline: .now + .seconds(5)))
+            #expect(String(decoding: try client.receive(), as: UTF8.self) == "served by swift")
+            _ = try target.finish()
+            try broker.stop()
+        }
+
+        @Test func swiftDepositsAtTheBrokerAndPythonClaims() throws {
+            let broker = try BrokerProcess()
+            let (inRead, inWrite) = try SocketDescriptor.pair()
+            let (outRead, outWrite) = try SocketDescriptor.pair()
+            let python = try ProcessSpawner.spawn(
+                "python3", arguments: [CommandLineTests.scripts + "/claim.py"],
+                descriptors: [0: inRead.rawValue, 1: outWrite.rawValue, 2: 2])
+            try inRead.close()
+            try outWrite.close()
+            let socket = try SocketDescriptor.listening(on: .ipv6(host: "::1", port: 0), kind: .datagram)
+            let token = try broker.client.deposit(socket.rawValue, for: try ProcessIdentity(pid: python.pid))
+            try socket.close()
+            try inWrite.sendAll(Array((token.text + "\n").utf8))
+            #expect(try outRead.waitUntilReadable(deadline: .now + .seconds(20)))
+            let line = String(decoding: try outRead.receive(), as: UTF8.self)
+            #expect(line.hasPrefix("claimed AF_INET6 SOCK_DGRAM ('::1'"), "\(line)")
+            #expect(try python.wait(deadline: .now + .seconds(20)) == .exited(0))
+            #expect(eventually { (try? broker.client.list().isEmpty) == true }, "Python acknowledged")
+            try broker.stop()
         }
 
         @Test func pythonClaimsAShareMadeBySwift() throws {

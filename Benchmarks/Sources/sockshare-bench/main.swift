@@ -1,6 +1,11 @@
 // sockshare-bench: whole-process measurements of SocketShare against the kernel's own floor,
 // measured in the same run (these machines are shared and noisy; ratios travel, absolute times do not).
 //
+//   sockshare-bench broker [--count N] [--shares N]
+//     Starts `sockshare broker` (from the same build), then: the claim round trip through it (connect,
+//     claim, receive the descriptor, acknowledge, close), p50/p99 over N claims; and the broker's
+//     resident memory per held share, with N shares held at once.
+//
 //   sockshare-bench roundtrip [--count N] [--via sharer|pidfd]
 //     share/adopt round trip between two processes: the source duplicates a socket for the target,
 //     passes the token on a socketpair, the target adopts it, closes it and says "done".
@@ -16,6 +21,7 @@ struct Arguments {
     var count = 2000
     var via = ShareOptions.Via.sharer
     var role = "source"
+    var shares = 10_000
 
     init(_ words: [String]) {
         var words = words[...]
@@ -25,6 +31,7 @@ struct Arguments {
             case "--count": count = Int(words.popFirst() ?? "") ?? count
             case "--via": via = ShareOptions.Via(rawValue: words.popFirst() ?? "") ?? via
             case "--role": role = words.popFirst() ?? role
+            case "--shares": shares = Int(words.popFirst() ?? "") ?? shares
             default:
                 FileHandle.standardError("sockshare-bench: unknown argument \(word)")
                 exit(64)
@@ -106,6 +113,65 @@ func runRoundTrip(_ arguments: Arguments) throws {
     print("ratio p50: \(String(format: percentile(ours, 0.5) / percentile(reference, 0.5)))x the kernel's floor")
 }
 
+func runBroker(_ arguments: Arguments) throws {
+    var template = Array("/tmp/sockshare-bench-XXXXXX".utf8CString)
+    let directory = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+    let path = directory + "/broker.sock"
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let length = readlink("/proc/self/exe", &buffer, 4095)
+    let executablePath = String(decoding: buffer[0..<max(0, length)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    let sockshare = String(executablePath[..<executablePath.lastIndex(of: "/")!]) + "/sockshare"
+    let broker = try ProcessSpawner.spawn(
+        sockshare, arguments: ["broker", "--socket", path, "--log-level", "warning", "--max-shares", "\(arguments.shares + 10)"])
+    defer {
+        try? broker.signal(SIGTERM)
+        _ = try? broker.wait()
+    }
+    let client = BrokerClient(socketPath: path)
+    let started = ContinuousClock.now
+    while (try? client.list()) == nil {
+        guard ContinuousClock.now - started < .seconds(20) else { throw SocketShareError(.timedOut, operation: "bench", detail: "no broker") }
+        var pause = timespec(tv_sec: 0, tv_nsec: 10_000_000)
+        nanosleep(&pause, nil)
+    }
+    func residentKilobytes() -> Int {
+        var bytes = [UInt8](repeating: 0, count: 8192)
+        let fd = open("/proc/\(broker.pid)/status", O_RDONLY)
+        defer { close(fd) }
+        let count = read(fd, &bytes, bytes.count)
+        let text = String(decoding: bytes[0..<max(0, count)], as: UTF8.self)
+        let line = text.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+    }
+    let socket = try SocketDescriptor.listening(on: .ipv4(host: "127.0.0.1", port: 0))
+    let me = ProcessIdentity.current
+
+    // Claim round trip: deposit outside the timed part, then time adopt (connect … close).
+    var samples: [Double] = []
+    for index in 0..<(arguments.count + 200) {
+        let token = try client.deposit(socket.rawValue, for: me)
+        let start = ContinuousClock.now
+        try SocketShare.adopt(token).close()
+        if index >= 200 { samples.append(microseconds(ContinuousClock.now - start)) }
+    }
+    samples.sort()
+
+    var pause = timespec(tv_sec: 0, tv_nsec: 300_000_000)
+    nanosleep(&pause, nil)
+    let before = residentKilobytes()
+    for _ in 0..<arguments.shares { _ = try client.deposit(socket.rawValue, for: me, timeToLive: .seconds(600)) }
+    nanosleep(&pause, nil)
+    let after = residentKilobytes()
+    let held = try client.list().count
+    print("broker: claim round trip over \(arguments.count) claims; memory with \(held) shares held")
+    print("| what | value |")
+    print("|---|---:|")
+    print("| claim p50 (connect, claim, SCM_RIGHTS, verify, acknowledge, close) | \(String(format: percentile(samples, 0.5))) µs |")
+    print("| claim p99 | \(String(format: percentile(samples, 0.99))) µs |")
+    print("| broker resident memory, idle → \(held) held | \(before) KiB → \(after) KiB |")
+    print("| memory per held share | \(String(format: Double(after - before) * 1024 / Double(max(held, 1)))) bytes |")
+}
+
 extension String {
     init(format value: Double) {
         let scaled = (value * 10).rounded() / 10
@@ -118,6 +184,7 @@ do {
     switch (arguments.command, arguments.role) {
     case ("roundtrip", "target"): try runTarget()
     case ("roundtrip", _): try runRoundTrip(arguments)
+    case ("broker", _): try runBroker(arguments)
     default:
         FileHandle.standardError("sockshare-bench: unknown command \(arguments.command) (roundtrip)")
         exit(64)

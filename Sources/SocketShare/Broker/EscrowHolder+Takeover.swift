@@ -130,6 +130,7 @@ extension EscrowHolder {
         state.withLock { state in
             for entry in entries {
                 state.entries[entry.id] = entry
+                state.deadlines.insert(entry.deadline, id: entry.id)
                 state.perUser[entry.depositorUID, default: 0] += 1
             }
             if !entries.isEmpty { state.idleSince = nil }

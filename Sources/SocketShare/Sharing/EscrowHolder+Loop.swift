@@ -44,8 +44,7 @@ extension EscrowHolder {
                let since = state.idleSince, since + linger <= now {
                 state.stopping = true
             }
-            var deadline: ContinuousClock.Instant? = nil
-            for entry in state.entries.values where entry.offeredTo == nil { deadline = min(deadline ?? entry.deadline, entry.deadline) }
+            var deadline = state.deadlines.earliest
             if let linger = configuration.lingerWhenIdle, let since = state.idleSince {
                 deadline = min(deadline ?? since + linger, since + linger)
             }
@@ -76,7 +75,17 @@ extension EscrowHolder {
         }
         let after = ContinuousClock.now
         let expired = state.withLock { state in
-            state.entries.values.filter { $0.offeredTo == nil && $0.deadline <= after }.map(\.id)
+            var expired: [UInt64] = []
+            for id in state.deadlines.popDue(after) {
+                guard let entry = state.entries[id], entry.deadline <= after else { continue }
+                if entry.offeredTo == nil {
+                    expired.append(id)
+                } else {
+                    // Handed out: its claimant has until the acknowledge timeout; look again then.
+                    state.deadlines.insert(after + configuration.acknowledgeTimeout, id: id)
+                }
+            }
+            return expired
         }
         for id in expired { finish(id, .expired) }
         for connection in loop.connections.values where connection.deadline <= after && connection !== loop.successor {
@@ -148,8 +157,9 @@ extension EscrowHolder {
     func drop(_ connection: Connection, _ loop: inout LoopState) {
         if let offered = connection.offered {
             state.withLock { state in
-                if state.entries[offered]?.offeredTo == ObjectIdentifier(connection) {
+                if let entry = state.entries[offered], entry.offeredTo == ObjectIdentifier(connection) {
                     state.entries[offered]?.offeredTo = nil
+                    state.deadlines.insert(entry.deadline, id: offered)
                 }
             }
             logger.info("claimant left before acknowledging; the share is claimable again", metadata: ["share": "\(offered)"])

@@ -76,6 +76,7 @@ final class EscrowHolder: Sendable {
 
     struct State {
         var entries: [UInt64: Entry] = [:]
+        var deadlines = DeadlineQueue()
         var perUser: [uid_t: Int] = [:]
         var history: [UInt64: Finished] = [:]
         var historyOrder: [UInt64] = []
@@ -192,6 +193,7 @@ final class EscrowHolder: Sendable {
                 createdAtMilliseconds: now, expiresAtMilliseconds: now + ttlMilliseconds,
                 deadline: .now + timeToLive, offeredTo: nil)
             state.entries[id] = entry
+            state.deadlines.insert(entry.deadline, id: id)
             state.perUser[depositorUID, default: 0] += 1
             state.idleSince = nil
             return .success(token(for: entry))

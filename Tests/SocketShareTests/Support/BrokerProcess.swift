@@ -11,7 +11,10 @@ final class BrokerProcess {
 
     /// Starts a broker at `directory/broker.sock` (a fresh 0700 directory by default) and waits
     /// until it answers.
-    init(arguments: [String] = [], directory: String? = nil, takeover: Bool = false, wrapper: [String] = []) throws {
+    init(
+        arguments: [String] = [], directory: String? = nil, takeover: Bool = false, wrapper: [String] = [],
+        logLevel: String = "debug"
+    ) throws {
         let base = directory ?? Self.freshDirectory()
         socketPath = base + "/broker.sock"
         logPath = base + "-broker-\(UInt32.random(in: 0...UInt32.max)).log"
@@ -20,7 +23,7 @@ final class BrokerProcess {
         let program = wrapper.isEmpty ? Paths.sockshare : wrapper[0]
         let prefix = wrapper.isEmpty ? [] : Array(wrapper.dropFirst()) + [Paths.sockshare]
         process = try ProcessSpawner.spawn(
-            program, arguments: prefix + ["broker", "--socket", socketPath, "--log-level", "debug"] + arguments
+            program, arguments: prefix + ["broker", "--socket", socketPath, "--log-level", logLevel] + arguments
                 + (takeover ? ["--takeover"] : []),
             descriptors: [2: log])
         let ready = eventually(timeout: .seconds(20)) {
