@@ -83,6 +83,35 @@ extension SocketShareTests {
             try broker.stop()
         }
 
+        @Test(.enabled(if: geteuid() == 0, "needs root to choose the next pid"))
+        func aRecycledPidCannotClaimFromTheBroker() throws {
+            let broker = try BrokerProcess()
+            let first = try Helper()
+            let pid = first.pid
+            let socket = try SocketDescriptor.socket(.inet, .stream)
+            let token = try broker.client.deposit(socket.rawValue, for: try ProcessIdentity(pid: pid))
+            try first.process.signal(SIGKILL)
+            _ = try first.process.wait()
+            var impostor: Helper? = nil
+            for _ in 0..<20 where impostor == nil {
+                let file = try Kernel.open("/proc/sys/kernel/ns_last_pid", O_WRONLY)
+                try Array("\(pid - 1)".utf8).withBytes { (bytes) throws(SocketShareError) in try Kernel.writeAll(file, bytes) }
+                try Kernel.close(file)
+                let candidate = try Helper()
+                if candidate.pid == pid { impostor = candidate } else { _ = try candidate.finish() }
+            }
+            let recycled = try #require(impostor, "could not start a process with pid \(pid)")
+            #expect {
+                try recycled.call("adopt", token.text)
+            } throws: { error in
+                // Refused as another process, or — once the broker has noticed the exit — as revoked.
+                let code = (error as! HelperError).code
+                return code == "refused" || code == "revoked"
+            }
+            _ = try recycled.finish()
+            try broker.stop()
+        }
+
         @Test func quotasCapsAndTimeLimitsAreRefusedClearly() throws {
             let broker = try BrokerProcess(arguments: ["--max-shares", "5", "--per-uid", "3", "--max-ttl", "30"])
             let target = try Helper()
