@@ -3,16 +3,23 @@ import SocketShare
 
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List the shares a broker holds, or print its metrics.",
+        abstract: "Show what a broker holds, or what a `sockshare serve` runs.",
         discussion: """
-            Shows each share you deposited (every share, as root): id, socket, source and target pid, age \
-            and time left. Secrets are never shown. --metrics prints the broker's counters in the \
-            Prometheus text format.
+            Without --control: each share you deposited at the broker (every share, as root): id, socket, \
+            source and target pid, age and time left. Secrets are never shown. --metrics prints the broker's \
+            counters in the Prometheus text format.
+
+            With --control PATH: the listeners and workers of the `sockshare serve` whose control socket \
+            is PATH: each worker's pid, slot, generation, connections handled and in flight, and restarts.
 
             Example:
               sockshare status --json
+              sockshare status --control /run/sockshare/serve-4120.sock
             """
     )
+
+    @Option(help: ArgumentHelp("The control socket of a `sockshare serve`.", valueName: "PATH"))
+    var control: String?
 
     @Option(name: .customLong("broker"), help: ArgumentHelp("The broker's socket (default: $SOCKSHARE_BROKER or the runtime directory's).", valueName: "PATH"))
     var brokerPath: String?
@@ -24,6 +31,10 @@ struct Status: ParsableCommand {
     var metrics = false
 
     func run() throws {
+        if let control {
+            try showSupervisor(control)
+            return
+        }
         let client = BrokerClient(socketPath: brokerPath ?? Broker.defaultSocketPath)
         if metrics {
             let text = try Terminal.run { () throws(SocketShareError) in try client.metrics() }
@@ -63,6 +74,27 @@ struct Status: ParsableCommand {
             output = lines.joined(separator: "\n")
         }
         try Terminal.run { () throws(SocketShareError) in try Terminal.line(output) }
+    }
+
+    private func showSupervisor(_ path: String) throws {
+        let status = try Terminal.run { () throws(SocketShareError) in try SupervisorClient(controlPath: path).status() }
+        if json {
+            try Terminal.run { () throws(SocketShareError) in try Terminal.line(String(decoding: status.json, as: UTF8.self)) }
+            return
+        }
+        var lines = ["sockshare serve pid \(status.pid): mode \(status.mode)\(status.policy.map { ", policy \($0)" } ?? ""), generation \(status.generation)"]
+        for listener in status.listeners { lines.append("listener \(listener.name) \(listener.address)") }
+        if let accepted = status.accepted {
+            lines.append("accepted \(accepted), redispatched \(status.redispatched ?? 0), waiting \(status.waiting ?? 0)")
+        }
+        lines.append("PID      SLOT GEN  HANDLED    IN FLIGHT RESTARTS READY UPTIME")
+        for worker in status.workers {
+            lines.append(
+                pad(String(worker.pid), 8) + " " + pad(String(worker.slot), 4) + " " + pad(String(worker.generation), 4) + " "
+                    + pad(worker.handled.map(String.init) ?? "-", 10) + " " + pad(worker.inFlight.map(String.init) ?? "-", 9) + " "
+                    + pad(String(worker.restarts), 8) + " " + pad(worker.ready ? "yes" : "no", 5) + " \(worker.uptimeSeconds) s")
+        }
+        try Terminal.run { () throws(SocketShareError) in try Terminal.line(lines.joined(separator: "\n")) }
     }
 
     private func pad(_ text: String, _ width: Int) -> String {

@@ -92,6 +92,25 @@ enum Kernel {
         }
     }
 
+    /// `accept4(2)` with `SOCK_CLOEXEC`, returning the peer's address too (one call instead of two).
+    /// Returns nil on `EAGAIN`.
+    static func acceptWithPeer(_ fd: CInt, flags: CInt = 0) throws(SocketShareError) -> (CInt, SocketAddress?)? {
+        var storage = sockaddr_storage()
+        while true {
+            var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let result = withUnsafeMutablePointer(to: &storage) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { cs_accept4(fd, $0, &length, flags | closeOnExecType) }
+            }
+            if result >= 0 { return (result, try? SocketAddress(storage: storage, length: length)) }
+            let error = Glibc.errno
+            switch error {
+            case EINTR, ECONNABORTED: continue
+            case EAGAIN: return nil
+            default: throw SocketShareError.system("accept4", errno: error)
+            }
+        }
+    }
+
     /// `getsockopt(2)` for an `int` option.
     static func socketOption(_ fd: CInt, _ level: CInt, _ name: CInt) throws(SocketShareError) -> CInt {
         var value: CInt = 0

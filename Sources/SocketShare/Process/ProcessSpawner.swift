@@ -74,6 +74,22 @@ public enum ProcessSpawner {
         return ChildProcess(pid: pid)
     }
 
+    /// The path `posix_spawnp` would run for `name`: itself when it contains a `/`, else the first
+    /// executable file of that name in `$PATH`; nil when there is none.
+    public static func resolveExecutable(_ name: String) -> String? {
+        func runnable(_ path: String) -> Bool {
+            guard access(path, X_OK) == 0, let info = try? Kernel.linkStatus(path) else { return false }
+            return info.st_mode & S_IFMT != S_IFDIR
+        }
+        if name.contains("/") { return runnable(name) ? name : nil }
+        let path = RuntimeDirectory.environment("PATH") ?? "/usr/local/bin:/usr/bin:/bin"
+        for directory in path.split(separator: ":", omittingEmptySubsequences: false) {
+            let candidate = (directory.isEmpty ? "." : String(directory)) + "/" + name
+            if runnable(candidate) { return candidate }
+        }
+        return nil
+    }
+
     /// This process's environment as `NAME=value` strings.
     static func currentEnvironment() -> [String] {
         var entries: [String] = []

@@ -1,0 +1,186 @@
+import Glibc
+import Logging
+import Synchronization
+
+/// The acceptor of the seed's typical use: one process accepts connections and hands each to a
+/// worker process, which does the information exchange.
+///
+/// The dispatcher owns the listening sockets. It accepts with `accept4(SOCK_CLOEXEC)`, in batches
+/// under load, and sends each connection to a worker over that worker's ``DescriptorChannel``,
+/// several per message when many are waiting. It keeps its own copy of every connection until the
+/// worker acknowledges it; a worker that dies, is killed for stalling, or refuses, has its
+/// unacknowledged connections sent to another worker — none is lost (Node's cluster learned this
+/// the hard way: nodejs/node#3551).
+///
+/// In-flight connections per worker (sent but unacknowledged, plus those the worker reports open)
+/// are bounded by ``Configuration/maximumInFlightPerWorker``; when every worker is full the
+/// dispatcher stops accepting, and new connections wait in the kernel's backlog, not in memory.
+public final class Dispatcher: Sendable {
+    /// How the next connection's worker is chosen.
+    public enum Policy: String, Sendable, CaseIterable {
+        /// Each worker in turn (skipping full ones).
+        case roundRobin = "rr"
+        /// The worker with the fewest connections in flight.
+        case leastLoaded = "least"
+    }
+
+    /// A listening socket and its name (the name travels with each connection to the worker).
+    public struct Listener: Sendable {
+        /// The name (`--listen NAME=ADDR`).
+        public var name: String
+        /// The listening socket; the dispatcher uses it, the caller keeps ownership.
+        public var socket: SocketDescriptor
+
+        /// Creates a listener entry.
+        public init(name: String, socket: SocketDescriptor) {
+            self.name = name
+            self.socket = socket
+        }
+    }
+
+    /// How the dispatcher behaves.
+    public struct Configuration: Sendable {
+        /// How workers are chosen.
+        public var policy: Policy
+        /// The most connections in flight to one worker.
+        public var maximumInFlightPerWorker: Int
+        /// The most connections accepted per readiness event, per listener.
+        public var acceptBatch: Int
+        /// A worker that leaves a connection unacknowledged this long is reported as stalled.
+        public var stallTimeout: Duration
+        /// Called (on the dispatcher's thread) with a stalled worker's pid; the supervisor kills it,
+        /// and its connections go to others once it is gone. Nil: connections wait for it.
+        public var onStall: (@Sendable (pid_t) -> Void)?
+        /// Called when a worker says it is ready.
+        public var onReady: (@Sendable (pid_t) -> Void)?
+        /// Where the dispatcher logs.
+        public var logger: Logger
+
+        /// Creates a configuration.
+        public init(
+            policy: Policy = .roundRobin, maximumInFlightPerWorker: Int = 256, acceptBatch: Int = 64,
+            stallTimeout: Duration = .seconds(5), onStall: (@Sendable (pid_t) -> Void)? = nil,
+            onReady: (@Sendable (pid_t) -> Void)? = nil,
+            logger: Logger = Logger(label: "sockshare.dispatcher", factory: { _ in SwiftLogNoOpLogHandler() })
+        ) {
+            self.policy = policy
+            self.maximumInFlightPerWorker = maximumInFlightPerWorker
+            self.acceptBatch = acceptBatch
+            self.stallTimeout = stallTimeout
+            self.onStall = onStall
+            self.onReady = onReady
+            self.logger = logger
+        }
+    }
+
+    /// What the dispatcher knows of one worker.
+    public struct WorkerStatistics: Sendable, Hashable {
+        /// The worker's pid.
+        public var pid: pid_t
+        /// Its generation (a reload starts the next one).
+        public var generation: Int
+        /// Connections it has acknowledged, in all.
+        public var handled: Int
+        /// Connections sent and not acknowledged, plus those it reports open.
+        public var inFlight: Int
+        /// Whether it said it is ready.
+        public var isReady: Bool
+        /// Whether it takes new connections (not retired, not stalled).
+        public var isAccepting: Bool
+    }
+
+    /// Counters for the whole dispatcher.
+    public struct Statistics: Sendable, Hashable {
+        /// Connections accepted from the listeners.
+        public var accepted: Int
+        /// Connections sent again after their worker died, stalled or refused them.
+        public var redispatched: Int
+        /// Connections waiting in the dispatcher for a worker with room.
+        public var waiting: Int
+        /// Each worker.
+        public var workers: [WorkerStatistics]
+    }
+
+    /// Requests from other threads, taken by the loop.
+    enum Command {
+        case add(DescriptorChannel, pid: pid_t, generation: Int)
+        case retire(pid_t)
+        case stop(deadline: ContinuousClock.Instant)
+    }
+
+    struct Shared {
+        var commands: [Command] = []
+        var statistics = Statistics(accepted: 0, redispatched: 0, waiting: 0, workers: [])
+        var finished = false
+    }
+
+    let configuration: Configuration
+    let listeners: [Listener]
+    let shared: Mutex<Shared>
+    let wakeRead: CInt
+    let wakeWrite: CInt
+
+    /// Prepares a dispatcher for `listeners` (they are made non-blocking). Nothing happens until ``start()``.
+    public init(listeners: [Listener], configuration: Configuration) throws(SocketShareError) {
+        guard !listeners.isEmpty else {
+            throw SocketShareError(.invalidArgument, operation: "dispatcher", detail: "no listeners")
+        }
+        for listener in listeners {
+            let description = try listener.socket.socketDescription()
+            guard description.isListening else {
+                throw SocketShareError(
+                    .invalidArgument, operation: "dispatcher", detail: "listener \(listener.name) (\(description)) does not listen")
+            }
+            try listener.socket.setNonBlocking(true)
+        }
+        let (read, write) = try Kernel.pipe()
+        try Kernel.setNonBlocking(read, true)
+        try Kernel.setNonBlocking(write, true)
+        self.wakeRead = read
+        self.wakeWrite = write
+        self.listeners = listeners
+        self.configuration = configuration
+        self.shared = Mutex(Shared())
+    }
+
+    deinit {
+        try? Kernel.close(wakeRead)
+        try? Kernel.close(wakeWrite)
+    }
+
+    /// Runs the dispatcher on its own thread.
+    public func start() throws(SocketShareError) {
+        try DetachedThread.start { [self] in run() }
+    }
+
+    /// Adds a worker: connections go to it from now on. The dispatcher owns `channel` (the
+    /// supervisor's end); the worker's end must already be in the worker process only.
+    public func addWorker(_ channel: DescriptorChannel, pid: pid_t, generation: Int) {
+        post(.add(channel, pid: pid, generation: generation))
+    }
+
+    /// Sends no more connections to worker `pid` and tells it to finish what it has and exit.
+    public func retireWorker(pid: pid_t) {
+        post(.retire(pid))
+    }
+
+    /// Stops: accepts what waits in the listeners' backlogs one last time, hands it out, waits (until
+    /// `deadline`) for every connection to be acknowledged, tells the workers to finish and exit,
+    /// and returns. The listeners stay open (the caller owns them).
+    public func stop(deadline: ContinuousClock.Instant) {
+        post(.stop(deadline: deadline))
+        while !shared.withLock({ $0.finished }) {
+            var pause = timespec(tv_sec: 0, tv_nsec: 2_000_000)
+            nanosleep(&pause, nil)
+        }
+    }
+
+    /// A snapshot of the counters.
+    public var statistics: Statistics { shared.withLock { $0.statistics } }
+
+    private func post(_ command: Command) {
+        shared.withLock { $0.commands.append(command) }
+        var byte: UInt8 = 1
+        _ = Glibc.write(wakeWrite, &byte, 1)
+    }
+}

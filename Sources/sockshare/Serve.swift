@@ -1,0 +1,107 @@
+import ArgumentParser
+import Glibc
+import Logging
+import SocketShare
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run worker processes on shared listeners, or hand them each accepted connection.",
+        discussion: """
+            Binds every --listen address (or takes the listeners systemd passed in with LISTEN_FDS), starts \
+            --workers copies of COMMAND and keeps them running: a worker that exits is restarted, with a \
+            growing delay if it keeps crashing.
+
+            --mode shared: every worker gets the listeners at descriptors 3… with LISTEN_FDS, LISTEN_PID and \
+            LISTEN_FDNAMES, as systemd socket activation does; any server that supports it works unchanged.
+
+            --mode handoff: sockshare accepts and hands each connection to a worker over the channel at \
+            descriptor $SOCKSHARE_WORKER_FD (docs/WORKERS.md). It keeps every connection until the worker \
+            acknowledges it, so a worker that dies, stalls (it is killed) or refuses loses none. When every \
+            worker is full, sockshare stops accepting and connections wait in the kernel's backlog.
+
+            ADDR: tcp://HOST:PORT, tcp://[IPv6]:PORT, udp://HOST:PORT (shared mode), unix:///PATH. \
+            SIGTERM or SIGINT drain: stop accepting, let workers finish, SIGTERM them at --drain-timeout, \
+            SIGKILL 2 s later; exit 0. `sockshare status --control PATH` shows listeners and workers.
+
+            Example:
+              sockshare serve --listen web=tcp://127.0.0.1:8080 --workers 2 --mode handoff -- .build/release/hello-worker
+            """
+    )
+
+    @Option(name: .customLong("listen"), help: ArgumentHelp("A listener, [NAME=]ADDR; repeat for more.", valueName: "[NAME=]ADDR"))
+    var listen: [String] = []
+
+    @Option(help: ArgumentHelp("How many workers run at once.", valueName: "N"))
+    var workers: Int = 2
+
+    @Option(help: ArgumentHelp("shared (workers accept on the listeners) or handoff (sockshare accepts and hands off).", valueName: "shared|handoff"))
+    var mode: String = "handoff"
+
+    @Option(help: ArgumentHelp("How handoff picks a worker: rr (round-robin) or least (fewest in flight).", valueName: "rr|least"))
+    var policy: String = "rr"
+
+    @Option(help: ArgumentHelp("The control socket for `sockshare status --control` (default: serve-PID.sock in the runtime directory).", valueName: "PATH"))
+    var control: String?
+
+    @Option(help: ArgumentHelp("Seconds workers get to finish when stopping, before SIGTERM (and SIGKILL 2 s later).", valueName: "SECONDS"))
+    var drainTimeout: Double = 10
+
+    @Option(help: ArgumentHelp("Seconds a worker may leave a handed-off connection unacknowledged before it is killed.", valueName: "SECONDS"))
+    var stallTimeout: Double = 5
+
+    @Option(help: ArgumentHelp("The most connections in flight to one worker (handoff).", valueName: "N"))
+    var maxInFlight: Int = 256
+
+    @Option(help: ArgumentHelp("The listen(2) backlog of the listeners.", valueName: "N"))
+    var backlog: Int32 = 4096
+
+    @Option(help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "LEVEL"))
+    var logLevel: String = "info"
+
+    @Argument(parsing: .postTerminator, help: ArgumentHelp("The worker program and its arguments.", valueName: "COMMAND"))
+    var command: [String] = []
+
+    func validate() throws {
+        guard workers > 0, workers <= 1024 else { throw ValidationError("--workers \(workers): expected 1 to 1024") }
+        guard Supervisor.Mode(rawValue: mode) != nil else { throw ValidationError("--mode \(mode): expected shared or handoff") }
+        guard Dispatcher.Policy(rawValue: policy) != nil else { throw ValidationError("--policy \(policy): expected rr or least") }
+        guard drainTimeout.isFinite, drainTimeout > 0 else { throw ValidationError("--drain-timeout \(drainTimeout): expected seconds > 0") }
+        guard stallTimeout.isFinite, stallTimeout > 0 else { throw ValidationError("--stall-timeout \(stallTimeout): expected seconds > 0") }
+        guard maxInFlight > 0 else { throw ValidationError("--max-in-flight \(maxInFlight): expected a number > 0") }
+        guard backlog > 0 else { throw ValidationError("--backlog \(backlog): expected a number > 0") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel): unknown level") }
+        guard !command.isEmpty else { throw ValidationError("missing COMMAND: write the worker program after --") }
+        for (index, text) in listen.enumerated() {
+            do {
+                _ = try ListenerSpecification(parsing: text, index: index)
+            } catch {
+                throw ValidationError("--listen \(error.detail)")
+            }
+        }
+    }
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)
+        let level = Logger.Level(rawValue: logLevel)!
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "sockshare.serve")
+        try Terminal.run { () throws(SocketShareError) in
+            let specifications = try listen.enumerated().map { (index, text) throws(SocketShareError) in
+                try ListenerSpecification(parsing: text, index: index)
+            }
+            let supervisor = try Supervisor(
+                configuration: Supervisor.Configuration(
+                    listeners: specifications, workers: workers, mode: Supervisor.Mode(rawValue: mode)!,
+                    policy: Dispatcher.Policy(rawValue: policy)!, command: command, controlPath: control,
+                    drainTimeout: .milliseconds(Int64(drainTimeout * 1000)),
+                    stallTimeout: .milliseconds(Int64(stallTimeout * 1000)), maximumInFlightPerWorker: maxInFlight,
+                    backlog: backlog),
+                logger: logger)
+            try supervisor.run()
+        }
+    }
+}
