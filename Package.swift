@@ -5,7 +5,9 @@ let package = Package(
     name: "SocketShare",
     products: [
         .library(name: "SocketShare", targets: ["SocketShare"]),
+        .library(name: "SocketShareNIO", targets: ["SocketShareNIO"]),
         .executable(name: "sockshare", targets: ["sockshare"]),
+        .executable(name: "hello-worker", targets: ["hello-worker"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -13,6 +15,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
     targets: [
         // Only what Swift cannot express: CMSG_* macros, variadic syscall(2), GNU-only calls.
@@ -27,6 +30,26 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
+        // Adopted sockets as SwiftNIO channels.
+        .target(
+            name: "SocketShareNIO",
+            dependencies: [
+                "SocketShare",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        // The example worker: HTTP/1.1 on NIO, in handoff or shared mode.
+        .executableTarget(
+            name: "hello-worker",
+            dependencies: [
+                "SocketShare",
+                "SocketShareNIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         .executableTarget(
@@ -53,7 +76,12 @@ let package = Package(
         ),
         .testTarget(
             name: "SocketShareTests",
-            dependencies: ["SocketShare"]
+            dependencies: [
+                "SocketShare",
+                "SocketShareNIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]
