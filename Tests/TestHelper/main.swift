@@ -216,7 +216,33 @@ if CommandLine.arguments.dropFirst().first == "--probe-fds" {
     exit(0)
 }
 
+/// A handoff worker for the tests: `--worker MODE [MILLISECONDS]`.
+///   serve: answer each connection's first request at once (HTTP/1.0, naming this pid), then close it;
+///   slow:  the same, one connection at a time, after MILLISECONDS;
+///   refuse: refuse every connection (the dispatcher gives them to another worker).
+func runWorker(_ mode: String, delay: Int) async {
+    guard let connections = try? WorkerConnections.fromEnvironment(admitting: { _ in mode != "refuse" }) else {
+        answer(["error", "not a handoff worker"])
+        exit(2)
+    }
+    try? connections.ready()
+    for await connection in connections {
+        if mode == "slow" { usleep(useconds_t(delay * 1000)) }
+        let socket = connection.descriptor
+        if (try? socket.waitUntilReadable(deadline: .now + .seconds(10))) == true { _ = try? socket.receive() }
+        let body = "hello from \(getpid())\n"
+        try? socket.sendAll(Array("HTTP/1.0 200 OK\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8))
+        try? socket.close()
+        connection.finished()
+    }
+    exit(0)
+}
+
 signal(SIGPIPE, SIG_IGN)
+if CommandLine.arguments.dropFirst().first == "--worker" {
+    let arguments = Array(CommandLine.arguments.dropFirst(2))
+    await runWorker(arguments.first ?? "serve", delay: arguments.count > 1 ? Int(arguments[1]) ?? 0 : 0)
+}
 while let line = readLine() {
     let words = line.split(separator: " ").map(String.init)
     guard !words.isEmpty else { continue }

@@ -283,7 +283,7 @@ extension Dispatcher {
         let workers = loop.workers.map { worker in
             WorkerStatistics(
                 pid: worker.pid, generation: worker.generation, handled: worker.handled, inFlight: worker.inFlight,
-                isReady: worker.isReady, isAccepting: worker.isEligible)
+                unacknowledged: worker.unacknowledged.count, isReady: worker.isReady, isAccepting: worker.isEligible)
         }
         shared.withLock { state in
             state.statistics = Statistics(

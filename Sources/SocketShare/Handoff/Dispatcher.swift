@@ -83,6 +83,8 @@ public final class Dispatcher: Sendable {
         public var handled: Int
         /// Connections sent and not acknowledged, plus those it reports open.
         public var inFlight: Int
+        /// Connections sent and not acknowledged: they go to another worker if this one dies.
+        public var unacknowledged: Int
         /// Whether it said it is ready.
         public var isReady: Bool
         /// Whether it takes new connections (not retired, not stalled).

@@ -23,6 +23,8 @@ public struct ServeStatus: Codable, Sendable, Hashable {
         public var handled: Int?
         /// Connections sent to it and not acknowledged, plus those it reports open (handoff mode).
         public var inFlight: Int?
+        /// Connections sent to it and not acknowledged (handoff mode): another worker gets them if it dies.
+        public var unacknowledged: Int?
         /// How often its slot was restarted after a crash.
         public var restarts: Int
         /// Whether it said it is ready (handoff mode: `ready()`).

@@ -157,6 +157,7 @@ extension Supervisor {
                     pid: worker.process.pid, slot: worker.slot, generation: worker.generation,
                     handled: dispatched == nil ? nil : (seen?.handled ?? 0),
                     inFlight: dispatched == nil ? nil : (seen?.inFlight ?? 0),
+                    unacknowledged: dispatched == nil ? nil : (seen?.unacknowledged ?? 0),
                     restarts: max(0, (restarts[worker.slot] ?? 0)), ready: seen?.isReady ?? false,
                     uptimeSeconds: Int((now - worker.started).components.seconds))
             },

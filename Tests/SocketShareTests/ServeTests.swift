@@ -1,0 +1,145 @@
+import Glibc
+import NIOCore
+import NIOPosix
+import Testing
+@testable import SocketShare
+@testable import SocketShareNIO
+
+/// `sockshare serve` in shared mode, with the example worker, with systemd's variables, and its errors.
+extension SocketShareTests {
+    @Suite struct ServeTests {
+        init() { TestEnvironment.prepare() }
+
+        static let helloWorker = Paths.buildDirectory + "/hello-worker"
+
+        @Test func anUnmodifiedSocketActivatedPythonServerServesInSharedMode() throws {
+            let serve = try ServeProcess(
+                ["--listen", "api=tcp://127.0.0.1:0", "--mode", "shared"],
+                command: ["python3", CommandLineTests.scripts + "/listen_fds_server.py"], workers: 2)
+            let result = LoadClient(address: try serve.address(), count: 100, threads: 2).run()
+            #expect(result.answered == 100, "\(result)")
+            let answer = LoadClient.request(try serve.address(), timeout: .seconds(10)).answer ?? ""
+            #expect(answer.hasPrefix("hello from python") && answer.hasSuffix("via api (1 listener)"), "\(answer)")
+            // A crashed worker is replaced, and the listener never stops answering.
+            let victim = try serve.status().workers[0]
+            kill(victim.pid, SIGKILL)
+            #expect(eventually { (try? serve.status().workers.contains { $0.slot == 0 && $0.pid != victim.pid }) == true })
+            #expect(LoadClient(address: try serve.address(), count: 50, threads: 2).run().answered == 50)
+            #expect(try serve.stop() == .exited(0))
+        }
+
+        @Test(arguments: ["handoff", "shared"])
+        func helloWorkerServesHTTPWithKeepAliveAndClose(_ mode: String) throws {
+            let serve = try ServeProcess(
+                ["--listen", "tcp://[::1]:0", "--mode", mode], command: [Self.helloWorker], workers: 2)
+            let address = try serve.address()
+            // Connection: close, several times.
+            let result = LoadClient(address: address, count: 200, threads: 2).run()
+            #expect(result.answered == 200, "\(result)")
+            let pids = Set(try serve.status().workers.map { "\($0.pid)" })
+            #expect(Set(result.byPid.keys).isSubset(of: pids), "\(result.byPid) vs \(pids)")
+            // Keep-alive: three requests on one connection, one answer each, same worker.
+            let client = try SocketDescriptor.connected(to: address)
+            var answers: [String] = []
+            for _ in 0..<3 {
+                try client.sendAll(Array("GET / HTTP/1.1\r\nHost: test\r\n\r\n".utf8))
+                var response = ""
+                while !(response.contains("hello from") && response.hasSuffix("\n")),
+                      try client.waitUntilReadable(deadline: .now + .seconds(10)) {
+                    let chunk = try client.receive()
+                    if chunk.isEmpty { break }
+                    response += String(decoding: chunk, as: UTF8.self)
+                }
+                #expect(response.hasPrefix("HTTP/1.1 200 OK") && response.lowercased().contains("connection: keep-alive"), "\(response)")
+                answers.append(response.firstRange(of: "\r\n\r\n").map { String(response[$0.upperBound...]).trimmingSpaces } ?? "")
+            }
+            #expect(Set(answers).count == 1 && answers[0].hasPrefix("hello from "), "\(answers)")
+            try client.close()
+            #expect(try serve.stop() == .exited(0))
+        }
+
+        @Test func serveUsesListenersPassedInBySystemd() throws {
+            // sockshare bind plays systemd: it passes a listener at 3 with LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES.
+            let base = BrokerProcess.freshDirectory()
+            let control = base + "/control.sock"
+            let process = try ProcessSpawner.spawn(
+                Paths.sockshare,
+                arguments: ["bind", "tcp://127.0.0.1:0", "--name", "activated", "--", Paths.sockshare, "serve", "--control", control,
+                            "--workers", "1", "--mode", "handoff", "--", Paths.helper, "--worker", "serve"],
+                descriptors: [2: try Kernel.open("/dev/null", O_WRONLY)])
+            defer {
+                try? process.signal(SIGKILL)
+                _ = try? process.wait()
+            }
+            #expect(eventually(timeout: .seconds(20)) { (try? SupervisorClient(controlPath: control).status().workers.first?.ready) == true })
+            let status = try SupervisorClient(controlPath: control).status()
+            #expect(status.listeners.map(\.name) == ["activated"])
+            let address = try SocketEndpoint(parsing: status.listeners[0].address).address
+            #expect(LoadClient(address: address, count: 20, threads: 1).run().answered == 20)
+            try process.signal(SIGTERM)
+            #expect(try process.wait(deadline: .now + .seconds(20)) == .exited(0))
+        }
+
+        @Test func badInvocationsAreOneLineErrors() throws {
+            let cases: [([String], String)] = [
+                (["serve", "--listen", "tcp://127.0.0.1:0", "--", "/nonexistent/worker"], "no such executable"),
+                (["serve", "--listen", "web=sctp://x", "--", "true"], "unknown scheme sctp"),
+                (["serve", "--listen", "tcp://127.0.0.1:0", "--mode", "relay", "--", "true"], "--mode relay"),
+                (["serve", "--listen", "tcp://127.0.0.1:0", "--workers", "0", "--", "true"], "--workers 0"),
+                (["serve", "--listen", "tcp://127.0.0.1:0"], "missing COMMAND"),
+                (["serve", "--", "true"], "no --listen address"),
+                (["serve", "--listen", "udp://127.0.0.1:0", "--mode", "handoff", "--", "true"], "datagram socket"),
+                (["status", "--control", "/nonexistent/control.sock"], "no sockshare serve answers"),
+            ]
+            for (arguments, expected) in cases {
+                let run = try ProgramRun.run(Paths.sockshare, arguments)
+                #expect(run.status != .exited(0), "\(arguments)")
+                #expect(run.standardError.hasPrefix("sockshare: ") && run.standardError.contains(expected), "\(arguments): \(run.standardError)")
+                #expect(run.standardError.filter { $0 == "\n" }.count == 1, "\(arguments): \(run.standardError)")
+            }
+        }
+
+        /// SwiftNIO re-`listen`s an adopted socket with a backlog of 128; the adapter puts it back.
+        @Test func theNIOAdapterKeepsAnAdoptedListenersBacklog() async throws {
+            let listener = try SocketDescriptor.listening(on: .ipv4(host: "127.0.0.1", port: 0), backlog: 1000)
+            let address = try listener.socketDescription().localAddress
+            let holder = try listener.duplicate()   // another holder of the same socket, as in shared mode
+            #expect(ListenBacklog.current(of: holder.rawValue) == 1000)
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            let channel = try await ServerBootstrap(group: group)
+                .childChannelInitializer { channel in
+                    channel.pipeline.addHandler(GreetAndClose())
+                }
+                .withBoundSocket(adopting: listener).get()
+            #expect(ListenBacklog.current(of: holder.rawValue) == 1000, "kept for every holder")
+            let client = try SocketDescriptor.connected(to: address)
+            #expect(try client.waitUntilReadable(deadline: .now + .seconds(5)))
+            #expect(String(decoding: try client.receive(), as: UTF8.self) == "adopted by NIO")
+            try await channel.close()
+            try await group.shutdownGracefully()
+        }
+
+        @Test func workerMessagesRoundTripAndRejectGarbage() throws {
+            let messages: [WorkerMessage] = [
+                .connections([HandedConnection(id: 7, listenerName: "web", peerAddress: "127.0.0.1:5", localAddress: "[::1]:80")]),
+                .stop, .accepted([1, 2, 3], active: 9), .refused([4]), .load(active: 2), .ready,
+            ]
+            for message in messages { #expect(try WorkerMessage(bytes: message.bytes) == message) }
+            for bytes in [[UInt8](), [2, 0x21], [1, 0x99], [1, 0x21, 0, 5], [1, 0x31, 0, 0, 0, 0, 0, 2, 0]] {
+                #expect(throws: SocketShareError.self) { try WorkerMessage(bytes: bytes) }
+            }
+        }
+    }
+}
+
+/// Writes a greeting as soon as a connection is active, then closes it.
+private final class GreetAndClose: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+
+    func channelActive(context: ChannelHandlerContext) {
+        let channel = context.channel
+        context.writeAndFlush(NIOAny(context.channel.allocator.buffer(string: "adopted by NIO"))).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+}
