@@ -40,6 +40,20 @@ extension ServerBootstrap {
 }
 
 extension ClientBootstrap {
+    /// Registers a connection a worker received (``AdoptedConnection``) as a SwiftNIO channel, using
+    /// this bootstrap's channel initializer. Ownership of the descriptor passes to SwiftNIO;
+    /// ``AdoptedConnection/finished()`` is called when the channel closes (or registration fails).
+    public func withConnectedSocket(adopting connection: AdoptedConnection) -> EventLoopFuture<Channel> {
+        let future = self.withConnectedSocket(connection.descriptor.release())
+        future.whenComplete { result in
+            switch result {
+            case .success(let channel): channel.closeFuture.whenComplete { _ in connection.finished() }
+            case .failure: connection.finished()
+            }
+        }
+        return future
+    }
+
     /// Turns a connection a worker received (``AdoptedConnection``) into a SwiftNIO channel.
     /// Ownership of the descriptor passes to SwiftNIO; ``AdoptedConnection/finished()`` is called
     /// when the channel closes.

@@ -12,6 +12,7 @@ import NIOHTTP1
 import NIOPosix
 import SocketShare
 import SocketShareNIO
+import Synchronization
 
 /// Answers each request; closes after the response when the request asked for it.
 final class HelloHandler: ChannelInboundHandler, Sendable {
@@ -66,27 +67,29 @@ enum HelloWorker {
         try await group.shutdownGracefully()
     }
 
-    /// Handoff: each connection the dispatcher sends becomes a channel; the loop ends when the
-    /// dispatcher asks us to stop, then the open connections finish.
+    /// Handoff: each connection the dispatcher sends becomes a channel, registered straight from
+    /// the receiving thread; when the dispatcher asks us to stop, the open connections finish.
     static func serveHandedOff(_ connections: WorkerConnections, group: EventLoopGroup) async throws {
-        let bootstrap = ClientBootstrap(group: group)
-        try connections.ready()
-        for await connection in connections {
-            _ = try? await bootstrap.withConnectedSocket(adopting: connection) { channel in
-                initialize(channel).map { channel }
-            }
+        try connections.serve { connection in
+            ClientBootstrap(group: group).channelInitializer(initialize)
+                .withConnectedSocket(adopting: connection).whenFailure { _ in }
         }
+        try connections.ready()
+        await connections.waitUntilStopped()
         while connections.activeCount > 0 {
             try await Task.sleep(for: .milliseconds(10))
         }
     }
 
-    /// Shared: accept on the listeners we were given (their backlog kept).
+    /// Shared: accept on the listeners we were given, which the other workers accept on too.
     static func serveShared(_ listeners: [SocketDescriptor], group: EventLoopGroup) async throws {
-        let bootstrap = ServerBootstrap(group: group).childChannelInitializer(initialize)
-        var channels: [Channel] = []
-        for listener in listeners { channels.append(try await bootstrap.withBoundSocket(adopting: listener).get()) }
-        for channel in channels { try await channel.closeFuture.get() }
+        for listener in listeners {
+            let acceptor = SharedListenerAcceptor(listener: listener) {
+                ClientBootstrap(group: group).channelInitializer(initialize)
+            }
+            Thread.detach { acceptor.run() }
+        }
+        await Termination.wait()
     }
 
     static func serveAlone(_ arguments: [String], group: EventLoopGroup) async throws {
@@ -106,6 +109,37 @@ enum HelloWorker {
         }
         let channel = try await bootstrap.bind(host: host, port: port).get()
         try await channel.closeFuture.get()
+    }
+}
+
+/// Waits until SIGTERM or SIGINT arrives.
+enum Termination {
+    static func wait() async {
+        let resumed = Mutex(false)
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            do {
+                try SignalPipe.handle([SIGTERM, SIGINT]) { _ in
+                    let first = resumed.withLock { done in
+                        defer { done = true }
+                        return !done
+                    }
+                    if first { continuation.resume() }
+                }
+            } catch {
+                continuation.resume()
+            }
+        }
+    }
+}
+
+/// A detached POSIX thread for a blocking loop.
+enum Thread {
+    static func detach(_ body: @escaping @Sendable () -> Void) {
+        final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
+        var thread = pthread_t()
+        let context = Unmanaged.passRetained(Box(body)).toOpaque()
+        pthread_create(&thread, nil, { Unmanaged<Box>.fromOpaque($0!).takeRetainedValue().body(); return nil }, context)
+        pthread_detach(thread)
     }
 }
 

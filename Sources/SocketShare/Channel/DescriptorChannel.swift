@@ -73,20 +73,25 @@ public final class DescriptorChannel: Sendable {
     ///   - maximumBytes: The longest message accepted; a longer one is an error (its descriptors closed).
     ///   - deadline: When to give up waiting (`timedOut`).
     public func receive(maximumBytes: Int = 65536, deadline: ContinuousClock.Instant? = nil) throws(SocketShareError) -> ChannelMessage? {
-        var buffer = [UInt8](repeating: 0, count: maximumBytes)
-        while true {
-            let received = try buffer.withMutableBytes { (raw) throws(SocketShareError) in
-                try Kernel.receiveMessage(
-                    socket.rawValue, into: raw, maximumDescriptors: Self.maximumDescriptorsPerMessage, flags: Kernel.dontWait)
+        // A scratch buffer (on the stack when small), not zeroed: only what arrives is copied out.
+        let result: Result<ChannelMessage?, SocketShareError> = withUnsafeTemporaryAllocation(
+            byteCount: maximumBytes, alignment: 16
+        ) { buffer in
+            Result { () throws(SocketShareError) -> ChannelMessage? in
+                while true {
+                    let received = try Kernel.receiveMessage(
+                        socket.rawValue, into: buffer, maximumDescriptors: Self.maximumDescriptorsPerMessage, flags: Kernel.dontWait)
+                    guard let received else {
+                        try waitUntil(POLLIN, deadline: deadline, operation: "receive")
+                        continue
+                    }
+                    let descriptors = received.descriptors.map { SocketDescriptor(taking: $0) }
+                    if received.byteCount == 0 && descriptors.isEmpty { return nil }
+                    return ChannelMessage(bytes: Array(buffer[0..<received.byteCount]), descriptors: descriptors)
+                }
             }
-            guard let received else {
-                try waitUntil(POLLIN, deadline: deadline, operation: "receive")
-                continue
-            }
-            let descriptors = received.descriptors.map { SocketDescriptor(taking: $0) }
-            if received.byteCount == 0 && descriptors.isEmpty { return nil }
-            return ChannelMessage(bytes: Array(buffer[0..<received.byteCount]), descriptors: descriptors)
         }
+        return try result.get()
     }
 
     /// Waits for `events` on the socket until `deadline`.

@@ -1,11 +1,11 @@
 import Glibc
 import Synchronization
 
-/// The connections a dispatcher hands to this worker process, as an `AsyncSequence`.
+/// The connections a dispatcher hands to this worker process: an `AsyncSequence`, or a callback.
 ///
 /// Each batch is acknowledged the moment it arrives, so the dispatcher can close its copies; until
-/// then it would give them to another worker if this one died. The sequence ends when the
-/// dispatcher asks the worker to stop (finish what you have, then exit) or goes away.
+/// then it would give them to another worker if this one died. Delivery ends when the dispatcher
+/// asks the worker to stop (finish what you have, then exit) or goes away.
 ///
 /// ```swift
 /// guard let connections = try WorkerConnections.fromEnvironment() else { /* not under sockshare serve */ }
@@ -15,19 +15,35 @@ import Synchronization
 ///     connection.finished()
 /// }
 /// ```
+///
+/// ``serve(_:)`` delivers on the receiving thread instead, without the hop through the sequence —
+/// the faster choice for a server that only registers each connection with its event loop.
+///
+/// The worker tells the dispatcher how many connections it holds (received and not marked
+/// ``AdoptedConnection/finished()``): with every acknowledgement, and otherwise at most every 2 ms.
+/// The dispatcher uses it for least-loaded dispatch and to stop sending to a full worker.
 public final class WorkerConnections: AsyncSequence, Sendable {
     /// The sequence's elements.
     public typealias Element = AdoptedConnection
     /// The environment variable that names the worker's end of the channel.
     public static let environmentVariable = "SOCKSHARE_WORKER_FD"
+    /// How long a changed load may wait before it is reported.
+    static let loadReportInterval: Duration = .milliseconds(2)
 
     private let channel: DescriptorChannel
+    private let admit: @Sendable (ConnectionInfo) -> Bool
+    private let state = State()
     private let stream: AsyncStream<AdoptedConnection>
-    private let counters = Counters()
+    private let continuation: AsyncStream<AdoptedConnection>.Continuation
 
-    private final class Counters: Sendable {
+    private final class State: Sendable {
         let active = Atomic<Int>(0)
         let received = Atomic<Int>(0)
+        let started = Atomic<Bool>(false)
+        /// The load last sent, and when (nanoseconds of `CLOCK_MONOTONIC`).
+        let reportedLoad = Atomic<Int>(-1)
+        let reportedAt = Atomic<Int>(0)
+        let ended = Mutex<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
     }
 
     /// The channel named by `$SOCKSHARE_WORKER_FD`, or nil when the variable is not set (the process
@@ -52,23 +68,18 @@ public final class WorkerConnections: AsyncSequence, Sendable {
                 detail: "\(environmentVariable)=\(text) is not a SOCK_SEQPACKET Unix socket")
         }
         try Kernel.setCloseOnExec(fd, true)
-        return try WorkerConnections(channel: DescriptorChannel(SocketDescriptor(taking: fd)), admitting: admit)
+        return WorkerConnections(channel: DescriptorChannel(SocketDescriptor(taking: fd)), admitting: admit)
     }
 
-    /// Starts receiving on `channel` (a reader thread acknowledges each batch as it arrives).
+    /// Receives on `channel`, the worker's end of the dispatcher's channel.
     ///
     /// - Parameters:
     ///   - admit: Decides, before the worker touches a connection, whether to take it; refused ones
     ///     are closed here and the dispatcher gives them to another worker.
-    public init(
-        channel: DescriptorChannel, admitting admit: @escaping @Sendable (ConnectionInfo) -> Bool = { _ in true }
-    ) throws(SocketShareError) {
+    public init(channel: DescriptorChannel, admitting admit: @escaping @Sendable (ConnectionInfo) -> Bool = { _ in true }) {
         self.channel = channel
-        let (stream, continuation) = AsyncStream.makeStream(of: AdoptedConnection.self)
-        self.stream = stream
-        try DetachedThread.start { [channel, counters] in
-            Self.receive(on: channel, counters: counters, admit: admit, into: continuation)
-        }
+        self.admit = admit
+        (stream, continuation) = AsyncStream.makeStream(of: AdoptedConnection.self)
     }
 
     /// Tells the dispatcher this worker is ready to serve (a reload waits for it).
@@ -77,53 +88,67 @@ public final class WorkerConnections: AsyncSequence, Sendable {
     }
 
     /// How many connections this worker holds and has not marked finished.
-    public var activeCount: Int { counters.active.load(ordering: .relaxed) }
+    public var activeCount: Int { state.active.load(ordering: .relaxed) }
 
     /// How many connections this worker has received in all.
-    public var receivedCount: Int { counters.received.load(ordering: .relaxed) }
+    public var receivedCount: Int { state.received.load(ordering: .relaxed) }
 
-    /// An iterator over the connections.
+    /// An iterator over the connections (receiving starts with the first iterator).
     public func makeAsyncIterator() -> AsyncStream<AdoptedConnection>.Iterator {
-        stream.makeAsyncIterator()
+        let continuation = self.continuation
+        try? start { continuation.yield($0) }
+        return stream.makeAsyncIterator()
     }
 
-    private static func receive(
-        on channel: DescriptorChannel, counters: Counters,
-        admit: @Sendable (ConnectionInfo) -> Bool, into continuation: AsyncStream<AdoptedConnection>.Continuation
-    ) {
-        defer { continuation.finish() }
+    /// Delivers each connection to `handler` on the receiving thread, from now on; returns at once.
+    /// Use either this or the sequence, not both.
+    public func serve(_ handler: @escaping @Sendable (AdoptedConnection) -> Void) throws(SocketShareError) {
+        try start(handler)
+    }
+
+    /// Returns once delivery has ended: the dispatcher asked this worker to stop, or went away.
+    public func waitUntilStopped() async {
+        await withCheckedContinuation { (waiter: CheckedContinuation<Void, Never>) in
+            let done = state.ended.withLock { ended in
+                if !ended.done { ended.waiters.append(waiter) }
+                return ended.done
+            }
+            if done { waiter.resume() }
+        }
+    }
+
+    private func start(_ deliver: @escaping @Sendable (AdoptedConnection) -> Void) throws(SocketShareError) {
+        guard !state.started.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        try DetachedThread.start { [self] in
+            receive(deliver)
+            continuation.finish()
+            let waiters = state.ended.withLock { ended in
+                ended.done = true
+                return ended.waiters
+            }
+            for waiter in waiters { waiter.resume() }
+        }
+    }
+
+    private func receive(_ deliver: @Sendable (AdoptedConnection) -> Void) {
         while true {
-            guard let message = try? channel.receive(maximumBytes: WorkerMessage.maximumLength) else { return }
-            guard let decoded = try? WorkerMessage(bytes: message.bytes) else {
-                message.closeDescriptors()
+            let message: ChannelMessage?
+            do throws(SocketShareError) {
+                let pending = state.reportedLoad.load(ordering: .relaxed) != state.active.load(ordering: .relaxed)
+                message = try channel.receive(
+                    maximumBytes: WorkerMessage.maximumLength, deadline: pending ? .now + Self.loadReportInterval : nil)
+            } catch {
+                guard error.code == .timedOut else { return }
+                reportLoad(force: true)
+                continue
+            }
+            guard let message, let decoded = try? WorkerMessage(bytes: message.bytes) else {
+                message?.closeDescriptors()
                 return
             }
             switch decoded {
             case .connections(let handed) where handed.count == message.descriptors.count:
-                var taken: [AdoptedConnection] = []
-                var refused: [UInt64] = []
-                for (info, descriptor) in zip(handed, message.descriptors) {
-                    guard admit(ConnectionInfo(id: info.id, listenerName: info.listenerName, peerAddress: info.peerAddress)) else {
-                        try? descriptor.close()
-                        refused.append(info.id)
-                        continue
-                    }
-                    taken.append(AdoptedConnection(
-                        id: info.id, descriptor: descriptor, listenerName: info.listenerName,
-                        peerAddress: info.peerAddress, localAddress: info.localAddress,
-                        onFinish: { [channel] in
-                            let now = counters.active.subtract(1, ordering: .relaxed).newValue
-                            try? channel.send(WorkerMessage.load(active: UInt32(clamping: now)).bytes, deadline: .now)
-                        }))
-                }
-                let now = counters.active.add(taken.count, ordering: .relaxed).newValue
-                counters.received.add(taken.count, ordering: .relaxed)
-                if !refused.isEmpty { try? channel.send(WorkerMessage.refused(refused).bytes, deadline: .now + .seconds(5)) }
-                if !taken.isEmpty {
-                    try? channel.send(
-                        WorkerMessage.accepted(taken.map(\.id), active: UInt32(clamping: now)).bytes, deadline: .now + .seconds(5))
-                }
-                for connection in taken { continuation.yield(connection) }
+                take(handed, message.descriptors, deliver)
             case .stop:
                 message.closeDescriptors()
                 return
@@ -131,5 +156,55 @@ public final class WorkerConnections: AsyncSequence, Sendable {
                 message.closeDescriptors()
             }
         }
+    }
+
+    private func take(_ handed: [HandedConnection], _ descriptors: [SocketDescriptor], _ deliver: @Sendable (AdoptedConnection) -> Void) {
+        var taken: [AdoptedConnection] = []
+        var refused: [UInt64] = []
+        for (info, descriptor) in zip(handed, descriptors) {
+            guard admit(ConnectionInfo(id: info.id, listenerName: info.listenerName, peerAddress: info.peerAddress)) else {
+                try? descriptor.close()
+                refused.append(info.id)
+                continue
+            }
+            taken.append(AdoptedConnection(
+                id: info.id, descriptor: descriptor, listenerName: info.listenerName,
+                peerAddress: info.peerAddress, localAddress: info.localAddress,
+                onFinish: { [self] in
+                    state.active.subtract(1, ordering: .relaxed)
+                    reportLoad(force: false)
+                }))
+        }
+        let now = state.active.add(taken.count, ordering: .relaxed).newValue
+        state.received.add(taken.count, ordering: .relaxed)
+        if !refused.isEmpty { try? channel.send(WorkerMessage.refused(refused).bytes, deadline: .now + .seconds(5)) }
+        if !taken.isEmpty {
+            try? channel.send(WorkerMessage.accepted(taken.map(\.id), active: UInt32(clamping: now)).bytes, deadline: .now + .seconds(5))
+            noteReported(now)
+        }
+        for connection in taken { deliver(connection) }
+    }
+
+    /// Sends the load when it changed and the last report is old enough (or `force`); a change
+    /// left unsent is sent by the receiving thread within ``loadReportInterval``.
+    private func reportLoad(force: Bool) {
+        let load = state.active.load(ordering: .relaxed)
+        guard load != state.reportedLoad.load(ordering: .relaxed) else { return }
+        let now = Self.monotonicNanoseconds
+        guard force || now - state.reportedAt.load(ordering: .relaxed) >= 2_000_000 else { return }
+        if (try? channel.send(WorkerMessage.load(active: UInt32(clamping: load)).bytes, deadline: .now)) != nil {
+            noteReported(load)
+        }
+    }
+
+    private func noteReported(_ load: Int) {
+        state.reportedLoad.store(load, ordering: .relaxed)
+        state.reportedAt.store(Self.monotonicNanoseconds, ordering: .relaxed)
+    }
+
+    private static var monotonicNanoseconds: Int {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return now.tv_sec * 1_000_000_000 + now.tv_nsec
     }
 }

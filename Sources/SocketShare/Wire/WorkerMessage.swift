@@ -23,7 +23,7 @@ enum WorkerMessage: Equatable, Sendable {
 
     /// The protocol version this build speaks.
     static let version: UInt8 = 1
-    /// The longest message either side sends.
+    /// The longest message either side sends (64 connections with long addresses fit).
     static let maximumLength = 65536
     /// The most connections in one ``connections(_:)`` message.
     static let maximumBatch = 64
