@@ -13,4 +13,6 @@ grep -q '^family: *inet' <<<"$output" || { echo "readme_walkthrough: inspect pri
 grep -q '"mechanism":"sharer"' <<<"$output" || { echo "readme_walkthrough: inspect --json printed no mechanism" >&2; exit 1; }
 grep -q "^adopted <socket.socket fd=3, family=2, type=2" <<<"$output" || { echo "readme_walkthrough: the broker share was not adopted" >&2; exit 1; }
 grep -q "^sockshare_claims_total 1" <<<"$output" || { echo "readme_walkthrough: the broker did not count the claim" >&2; exit 1; }
+[ "$(grep -c '^hello from [0-9]*$' <<<"$output")" = 2 ] || { echo "readme_walkthrough: serve did not answer both requests" >&2; exit 1; }
+grep -q "^sockshare serve pid [0-9]*: mode handoff" <<<"$output" || { echo "readme_walkthrough: no serve status" >&2; exit 1; }
 echo "readme_walkthrough: every command ran as written"

@@ -1,8 +1,3 @@
-"""A handoff worker in Python: takes connections from `sockshare serve --mode handoff`.
-
-It follows docs/WORKERS.md: receive a batch with its descriptors, acknowledge it, serve each
-connection (one HTTP/1.0 answer naming this pid and the listener), close it.
-"""
 import os, socket, struct
 
 channel = socket.socket(fileno=int(os.environ["SOCKSHARE_WORKER_FD"]))

@@ -63,9 +63,9 @@ extension SocketShareTests {
     @Suite struct ForeignClientTests {
         init() { TestEnvironment.prepare() }
 
-        @Test(arguments: ["claim.py", "deposit.py"])
-        func theDocumentedPythonClientsAreTheTestedOnes(_ name: String) throws {
-            let document = String(decoding: try Kernel.readFile(CommandLineTests.scripts + "/../../docs/PROTOCOL.md"), as: UTF8.self)
+        @Test(arguments: [("PROTOCOL.md", "claim.py"), ("PROTOCOL.md", "deposit.py"), ("WORKERS.md", "worker.py")])
+        func theDocumentedPythonClientsAreTheTestedOnes(_ page: String, _ name: String) throws {
+            let document = String(decoding: try Kernel.readFile(CommandLineTests.scripts + "/../../docs/" + page), as: UTF8.self)
             let script = String(decoding: try Kernel.readFile(CommandLineTests.scripts + "/" + name), as: UTF8.self)
             #expect(document.contains("```python\n" + script + "```"))
         }
