@@ -14,7 +14,29 @@ import SocketShare
 import SocketShareNIO
 import Synchronization
 
-/// Answers each request; closes after the response when the request asked for it.
+/// Open connections, and whether the worker is draining (then each answer closes its connection).
+enum Connections {
+    static let open = Atomic<Int>(0)
+    static let draining = Atomic<Bool>(false)
+}
+
+/// Counts a connection while it is open.
+final class CountingHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = NIOAny
+
+    func channelActive(context: ChannelHandlerContext) {
+        Connections.open.add(1, ordering: .relaxed)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        Connections.open.subtract(1, ordering: .relaxed)
+        context.fireChannelInactive()
+    }
+}
+
+/// Answers each request; closes after the response when the request asked for it, or when the
+/// worker is draining.
 final class HelloHandler: ChannelInboundHandler, Sendable {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
@@ -23,7 +45,7 @@ final class HelloHandler: ChannelInboundHandler, Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .head(let request) = unwrapInboundIn(data) else { return }
-        let keepAlive = request.isKeepAlive
+        let keepAlive = request.isKeepAlive && !Connections.draining.load(ordering: .relaxed)
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "text/plain")
         headers.add(name: "Content-Length", value: "\(Self.body.utf8.count)")
@@ -46,8 +68,20 @@ final class HelloHandler: ChannelInboundHandler, Sendable {
 @main
 enum HelloWorker {
     static func initialize(_ channel: Channel) -> EventLoopFuture<Void> {
-        channel.pipeline.configureHTTPServerPipeline(withErrorHandling: true).flatMap {
+        channel.pipeline.addHandler(CountingHandler()).flatMap {
+            channel.pipeline.configureHTTPServerPipeline(withErrorHandling: true)
+        }.flatMap {
             channel.pipeline.addHandler(HelloHandler())
+        }
+    }
+
+    /// Waits (at most `limit`) until the open connections have finished: `open()` counts them,
+    /// from the moment they were taken (not only once their channel is active).
+    static func drain(limit: Duration, open: () -> Int) async {
+        Connections.draining.store(true, ordering: .relaxed)
+        let deadline = ContinuousClock.now + limit
+        while open() > 0, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
         }
     }
 
@@ -76,20 +110,27 @@ enum HelloWorker {
         }
         try connections.ready()
         await connections.waitUntilStopped()
-        while connections.activeCount > 0 {
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        // Received and not finished: finished() runs when a connection's channel closes.
+        await drain(limit: .seconds(60)) { connections.activeCount }
     }
 
-    /// Shared: accept on the listeners we were given, which the other workers accept on too.
+    /// Shared: accept on the listeners we were given, which the other workers accept on too. Says
+    /// READY=1 to $NOTIFY_SOCKET once accepting; on SIGTERM stops accepting (what is queued goes to
+    /// the other holders) and finishes the open connections.
     static func serveShared(_ listeners: [SocketDescriptor], group: EventLoopGroup) async throws {
+        var acceptors: [SharedListenerAcceptor] = []
         for listener in listeners {
             let acceptor = SharedListenerAcceptor(listener: listener) {
                 ClientBootstrap(group: group).channelInitializer(initialize)
             }
+            acceptors.append(acceptor)
             Thread.detach { acceptor.run() }
         }
+        try? SystemdNotifier.fromEnvironment()?.notify("READY=1\nSTATUS=hello-worker accepting")
         await Termination.wait()
+        // stop() returns once every connection it accepted is an active channel, counted below.
+        for acceptor in acceptors { acceptor.stop() }
+        await drain(limit: .seconds(60)) { Connections.open.load(ordering: .relaxed) }
     }
 
     static func serveAlone(_ arguments: [String], group: EventLoopGroup) async throws {

@@ -23,6 +23,13 @@ struct Serve: ParsableCommand {
             SIGTERM or SIGINT drain: stop accepting, let workers finish, SIGTERM them at --drain-timeout, \
             SIGKILL 2 s later; exit 0. `sockshare status --control PATH` shows listeners and workers.
 
+            Reload (`sockshare reload`, or SIGHUP): a new generation of workers starts on the same \
+            listeners; once each says READY=1 on $NOTIFY_SOCKET (or, in handoff mode, the worker protocol's \
+            ready), new connections go only to it and the old generation drains (--drain-timeout, then \
+            SIGTERM, then SIGKILL). A new generation not ready by the deadline, or one whose worker exits \
+            first, is stopped and the old one serves on. Upgrade (`sockshare upgrade`, or SIGUSR2): a new \
+            sockshare binary takes over the listeners, workers and state; the workers keep running.
+
             Example:
               sockshare serve --listen web=tcp://127.0.0.1:8080 --workers 2 --mode handoff -- .build/release/hello-worker
             """
@@ -55,13 +62,26 @@ struct Serve: ParsableCommand {
     @Option(help: ArgumentHelp("The listen(2) backlog of the listeners.", valueName: "N"))
     var backlog: Int32 = 4096
 
+    @Option(help: ArgumentHelp("How workers show they are ready: notify (READY=1 on $NOTIFY_SOCKET, or the worker protocol's ready) or none (at once; a reload then cannot tell a broken version).", valueName: "notify|none"))
+    var readiness: String = "notify"
+
+    @Option(help: ArgumentHelp("Seconds a reload or upgrade may take before it is rolled back (when the request does not say).", valueName: "SECONDS"))
+    var reloadDeadline: Double = 30
+
     @Option(help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "LEVEL"))
     var logLevel: String = "info"
+
+    @Option(help: .private)
+    var successorOf: Int32?
 
     @Argument(parsing: .postTerminator, help: ArgumentHelp("The worker program and its arguments.", valueName: "COMMAND"))
     var command: [String] = []
 
     func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel): unknown level") }
+        if successorOf != nil { return }
+        guard Supervisor.Readiness(rawValue: readiness) != nil else { throw ValidationError("--readiness \(readiness): expected notify or none") }
+        guard reloadDeadline.isFinite, reloadDeadline > 0 else { throw ValidationError("--reload-deadline \(reloadDeadline): expected seconds > 0") }
         guard workers > 0, workers <= 1024 else { throw ValidationError("--workers \(workers): expected 1 to 1024") }
         guard Supervisor.Mode(rawValue: mode) != nil else { throw ValidationError("--mode \(mode): expected shared or handoff") }
         guard Dispatcher.Policy(rawValue: policy) != nil else { throw ValidationError("--policy \(policy): expected rr or least") }
@@ -89,6 +109,12 @@ struct Serve: ParsableCommand {
             return handler
         }
         let logger = Logger(label: "sockshare.serve")
+        if let successorOf {
+            try Terminal.run { () throws(SocketShareError) in
+                try Supervisor.succeeding(channelDescriptor: successorOf, logger: logger).run()
+            }
+            return
+        }
         try Terminal.run { () throws(SocketShareError) in
             let specifications = try listen.enumerated().map { (index, text) throws(SocketShareError) in
                 try ListenerSpecification(parsing: text, index: index)
@@ -99,7 +125,8 @@ struct Serve: ParsableCommand {
                     policy: Dispatcher.Policy(rawValue: policy)!, command: command, controlPath: control,
                     drainTimeout: .milliseconds(Int64(drainTimeout * 1000)),
                     stallTimeout: .milliseconds(Int64(stallTimeout * 1000)), maximumInFlightPerWorker: maxInFlight,
-                    backlog: backlog),
+                    backlog: backlog, readiness: Supervisor.Readiness(rawValue: readiness)!,
+                    reloadDeadline: .milliseconds(Int64(reloadDeadline * 1000))),
                 logger: logger)
             try supervisor.run()
         }

@@ -82,17 +82,21 @@ struct Status: ParsableCommand {
             try Terminal.run { () throws(SocketShareError) in try Terminal.line(String(decoding: status.json, as: UTF8.self)) }
             return
         }
-        var lines = ["sockshare serve pid \(status.pid): mode \(status.mode)\(status.policy.map { ", policy \($0)" } ?? ""), generation \(status.generation)"]
+        var lines = ["sockshare serve pid \(status.pid): mode \(status.mode)\(status.policy.map { ", policy \($0)" } ?? ""), generation \(status.generation)\(status.reloading ? " (reloading)" : "")"]
+        if let last = status.lastReload {
+            lines.append("last \(last.kind): \(last.succeeded ? "succeeded" : "FAILED") at \(last.finishedAt) in \(last.milliseconds) ms: \(last.reason)")
+        }
         for listener in status.listeners { lines.append("listener \(listener.name) \(listener.address)") }
         if let accepted = status.accepted {
             lines.append("accepted \(accepted), redispatched \(status.redispatched ?? 0), waiting \(status.waiting ?? 0)")
         }
-        lines.append("PID      SLOT GEN  HANDLED    IN FLIGHT RESTARTS READY UPTIME")
+        lines.append("PID      SLOT GEN  HANDLED    IN FLIGHT RESTARTS READY UPTIME   STATE")
         for worker in status.workers {
             lines.append(
                 pad(String(worker.pid), 8) + " " + pad(String(worker.slot), 4) + " " + pad(String(worker.generation), 4) + " "
                     + pad(worker.handled.map(String.init) ?? "-", 10) + " " + pad(worker.inFlight.map(String.init) ?? "-", 9) + " "
-                    + pad(String(worker.restarts), 8) + " " + pad(worker.ready ? "yes" : "no", 5) + " \(worker.uptimeSeconds) s")
+                    + pad(String(worker.restarts), 8) + " " + pad(worker.ready ? "yes" : "no", 5) + " "
+                    + pad("\(worker.uptimeSeconds) s", 8) + " " + (worker.draining ? "draining" : (worker.generation == status.generation ? "serving" : "starting")))
         }
         try Terminal.run { () throws(SocketShareError) in try Terminal.line(lines.joined(separator: "\n")) }
     }

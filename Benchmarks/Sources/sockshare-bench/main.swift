@@ -6,6 +6,14 @@
 //     claim, receive the descriptor, acknowledge, close), p50/p99 over N claims; and the broker's
 //     resident memory per held share, with N shares held at once.
 //
+//   sockshare-bench load --address HOST:PORT [--threads N] [--seconds S] [--count N]
+//     A bounded closed-loop HTTP/1.1 client (`Connection: close`, one request per connection, loopback
+//     only): each thread connects, asks GET /, reads the whole answer, and starts over, until S
+//     seconds passed or N connections were opened. Prints one line:
+//       attempted N answered N failed N reset N refused N timedOut N
+//     failed: the connection ended without a complete 200 answer; reset: ECONNRESET; refused:
+//     ECONNREFUSED; timedOut: no answer within 10 s.
+//
 //   sockshare-bench roundtrip [--count N] [--via sharer|pidfd]
 //     share/adopt round trip between two processes: the source duplicates a socket for the target,
 //     passes the token on a socketpair, the target adopts it, closes it and says "done".
@@ -15,6 +23,7 @@
 
 import Glibc
 import SocketShare
+import Synchronization
 
 struct Arguments {
     var command = "roundtrip"
@@ -22,16 +31,25 @@ struct Arguments {
     var via = ShareOptions.Via.sharer
     var role = "source"
     var shares = 10_000
+    var address = "127.0.0.1:8080"
+    var threads = 4
+    var seconds = 10.0
+    var countGiven = false
 
     init(_ words: [String]) {
         var words = words[...]
         if let first = words.first, !first.hasPrefix("-") { command = first; words = words.dropFirst() }
         while let word = words.popFirst() {
             switch word {
-            case "--count": count = Int(words.popFirst() ?? "") ?? count
+            case "--count":
+                count = Int(words.popFirst() ?? "") ?? count
+                countGiven = true
             case "--via": via = ShareOptions.Via(rawValue: words.popFirst() ?? "") ?? via
             case "--role": role = words.popFirst() ?? role
             case "--shares": shares = Int(words.popFirst() ?? "") ?? shares
+            case "--address": address = words.popFirst() ?? address
+            case "--threads": threads = Int(words.popFirst() ?? "") ?? threads
+            case "--seconds": seconds = Double(words.popFirst() ?? "") ?? seconds
             default:
                 FileHandle.standardError("sockshare-bench: unknown argument \(word)")
                 exit(64)
@@ -172,6 +190,77 @@ func runBroker(_ arguments: Arguments) throws {
     print("| memory per held share | \(String(format: Double(after - before) * 1024 / Double(max(held, 1)))) bytes |")
 }
 
+/// The load client's tally.
+final class Tally: @unchecked Sendable {
+    let lock = Mutex<[String: Int]>([:])
+    func add(_ key: String) { lock.withLock { $0[key, default: 0] += 1 } }
+}
+
+func runLoad(_ arguments: Arguments) throws {
+    guard let colon = arguments.address.lastIndex(of: ":"), let port = UInt16(arguments.address[arguments.address.index(after: colon)...]) else {
+        throw SocketShareError(.invalidArgument, operation: "load", detail: "--address \(arguments.address): expected HOST:PORT")
+    }
+    let host = String(arguments.address[..<colon]).filter { $0 != "[" && $0 != "]" }
+    let address = try SocketAddress.ip(host, port: port)
+    let tally = Tally()
+    let count = arguments.countGiven ? arguments.count : Int.max
+    let end = ContinuousClock.now + .milliseconds(Int64(arguments.seconds * 1000))
+    let started = Atomic<Int>(0)
+    let request = Array("GET / HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n".utf8)
+    let finished = Atomic<Int>(0)
+    for _ in 0..<arguments.threads {
+        DetachedLoop.start {
+            while ContinuousClock.now < end, started.add(1, ordering: .relaxed).newValue <= count {
+                tally.add("attempted")
+                tally.add(LoadRequest.outcome(of: request, to: address))
+            }
+            finished.add(1, ordering: .relaxed)
+        }
+    }
+    while finished.load(ordering: .relaxed) < arguments.threads { usleep(10_000) }
+    let result = tally.lock.withLock { $0 }
+    let keys = ["attempted", "answered", "failed", "reset", "refused", "timedOut"]
+    print(keys.map { "\($0) \(result[$0] ?? 0)" }.joined(separator: " "))
+}
+
+enum LoadRequest {
+    static func outcome(of request: [UInt8], to address: SocketAddress) -> String {
+        let socket: SocketDescriptor
+        do throws(SocketShareError) {
+            socket = try SocketDescriptor.connected(to: address)
+        } catch {
+            return error.errno?.rawValue == ECONNREFUSED ? "refused" : (error.errno?.rawValue == ECONNRESET ? "reset" : "failed")
+        }
+        defer { try? socket.close() }
+        var response: [UInt8] = []
+        do throws(SocketShareError) {
+            try socket.sendAll(request)
+            let deadline = ContinuousClock.now + .seconds(10)
+            while true {
+                guard try socket.waitUntilReadable(deadline: deadline) else { return "timedOut" }
+                let chunk = try socket.receive()
+                if chunk.isEmpty { break }
+                response += chunk
+            }
+        } catch {
+            return error.errno?.rawValue == ECONNRESET ? "reset" : "failed"
+        }
+        let text = String(decoding: response, as: UTF8.self)
+        return text.hasPrefix("HTTP/1.") && text.contains(" 200 ") && text.hasSuffix("\n") ? "answered" : "failed"
+    }
+}
+
+/// A detached POSIX thread.
+enum DetachedLoop {
+    static func start(_ body: @escaping @Sendable () -> Void) {
+        final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
+        var thread = pthread_t()
+        pthread_create(&thread, nil, { Unmanaged<Box>.fromOpaque($0!).takeRetainedValue().body(); return nil },
+                       Unmanaged.passRetained(Box(body)).toOpaque())
+        pthread_detach(thread)
+    }
+}
+
 extension String {
     init(format value: Double) {
         let scaled = (value * 10).rounded() / 10
@@ -185,6 +274,7 @@ do {
     case ("roundtrip", "target"): try runTarget()
     case ("roundtrip", _): try runRoundTrip(arguments)
     case ("broker", _): try runBroker(arguments)
+    case ("load", _): try runLoad(arguments)
     default:
         FileHandle.standardError("sockshare-bench: unknown command \(arguments.command) (roundtrip)")
         exit(64)

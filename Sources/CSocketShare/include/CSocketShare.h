@@ -60,6 +60,14 @@ int cs_pipe2(int fds[2], int flags);
 /// fstatfs(2)'s f_type (the file system's magic number) for `fd`, or -1 with errno.
 long cs_filesystem_type(int fd);
 
+/// setsockopt(SO_PASSCRED, 1): the kernel attaches each sender's credentials to datagrams.
+int cs_enable_passcred(int fd);
+
+/// recvmsg(2) of one datagram with MSG_DONTWAIT and MSG_CMSG_CLOEXEC, reporting the sender's pid
+/// from SCM_CREDENTIALS (0 when none came). Descriptors that arrive with it (SCM_RIGHTS) are
+/// closed. Returns the byte count, or -1 with errno.
+long cs_recv_with_sender(int fd, void *buffer, size_t length, pid_t *sender);
+
 /// prctl(PR_SET_PTRACER, pid): lets `pid` ptrace (and pidfd_getfd from) this process under Yama scope 1.
 int cs_set_ptracer(pid_t pid);
 

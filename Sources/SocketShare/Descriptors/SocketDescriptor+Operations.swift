@@ -56,8 +56,11 @@ extension SocketDescriptor {
     /// non-blocking and no connection is pending.
     ///
     /// The corresponding C function is `accept4(2)` with `SOCK_CLOEXEC`.
-    public func accept() throws(SocketShareError) -> SocketDescriptor? {
-        try Kernel.accept(rawValue).map { SocketDescriptor(taking: $0) }
+    ///
+    /// - Parameter interruptible: When true, a signal arriving while it waits makes it throw
+    ///   `EINTR` (so a thread can be told to stop); otherwise it waits on.
+    public func accept(interruptible: Bool = false) throws(SocketShareError) -> SocketDescriptor? {
+        try Kernel.accept(rawValue, interruptible: interruptible).map { SocketDescriptor(taking: $0) }
     }
 
     /// Sends bytes (`send(2)` with `MSG_NOSIGNAL`); returns how many were sent.

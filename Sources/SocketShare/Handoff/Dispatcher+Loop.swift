@@ -24,16 +24,19 @@ extension Dispatcher {
         var isReady = false
         var isRetired = false
         var isStalled = false
+        /// Whether connections go to it (a reload's new generation waits to be promoted).
+        var isAccepting: Bool
 
-        init(pid: pid_t, generation: Int, channel: DescriptorChannel) {
+        init(pid: pid_t, generation: Int, channel: DescriptorChannel, accepting: Bool) {
             self.pid = pid
             self.generation = generation
             self.channel = channel
+            self.isAccepting = accepting
             self.process = try? ProcessDescriptor(pid: pid)
         }
 
         var inFlight: Int { unacknowledged.count + reportedActive }
-        var isEligible: Bool { !isRetired && !isStalled }
+        var isEligible: Bool { isAccepting && !isRetired && !isStalled }
     }
 
     /// The loop's own state.
@@ -45,6 +48,9 @@ extension Dispatcher {
         var accepted = 0
         var redispatched = 0
         var stopDeadline: ContinuousClock.Instant?
+        var paused = false
+        var frozen = false
+        var detached = false
         /// Local addresses of listeners bound to a specific address (accepted sockets share them).
         var localAddresses: [String?] = []
     }
@@ -67,21 +73,52 @@ extension Dispatcher {
     private func step(_ loop: inout Loop) -> Bool {
         for command in shared.withLock({ state in defer { state.commands.removeAll() }; return state.commands }) {
             switch command {
-            case .add(let channel, let pid, let generation):
-                loop.workers.append(Worker(pid: pid, generation: generation, channel: channel))
+            case .add(let channel, let pid, let generation, let accepting):
+                loop.workers.append(Worker(pid: pid, generation: generation, channel: channel, accepting: accepting))
                 configuration.logger.debug("worker added", metadata: ["pid": "\(pid)", "generation": "\(generation)"])
             case .retire(let pid):
                 for worker in loop.workers where worker.pid == pid && !worker.isRetired {
-                    worker.isRetired = true
-                    try? worker.channel.send(WorkerMessage.stop.bytes, deadline: .now + .seconds(1))
+                    retire(worker)
                 }
+            case .promote(let generation):
+                for worker in loop.workers {
+                    if worker.generation == generation {
+                        worker.isAccepting = true
+                    } else if !worker.isRetired {
+                        retire(worker)
+                    }
+                }
+            case .pause:
+                loop.paused = true
+            case .freeze:
+                loop.paused = true
+                loop.frozen = true
+            case .resume:
+                loop.paused = false
+                loop.frozen = false
+            case .detach:
+                loop.detached = true
             case .stop(let deadline):
                 loop.stopDeadline = deadline
                 // Take whatever already waits in the backlogs: closing a listener later would reset it.
                 for index in listeners.indices { acceptAll(index, &loop, limit: Int.max) }
             }
         }
+        if loop.frozen && !loop.detached {
+            publish(loop)
+            // Touch nothing but the command pipe until resumed or detached.
+            var wake = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
+            _ = try? Kernel.poll(&wake, deadline: nil)
+            var buffer = [UInt8](repeating: 0, count: 64)
+            while Glibc.read(wakeRead, &buffer, buffer.count) > 0 {}
+            return true
+        }
         dispatchWaiting(&loop)
+        if loop.detached {
+            configuration.logger.info("dispatcher handed its workers to a successor")
+            publish(loop)
+            return false
+        }
         if let deadline = loop.stopDeadline {
             let settled = loop.waiting.isEmpty && loop.workers.allSatisfy { $0.unacknowledged.isEmpty }
             if settled || ContinuousClock.now >= deadline {
@@ -95,7 +132,7 @@ extension Dispatcher {
         }
         publish(loop)
 
-        let hasRoom = loop.stopDeadline == nil && loop.workers.contains { $0.isEligible && $0.inFlight < configuration.maximumInFlightPerWorker }
+        let hasRoom = loop.stopDeadline == nil && !loop.paused && loop.workers.contains { $0.isEligible && $0.inFlight < configuration.maximumInFlightPerWorker }
         var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
         for listener in listeners { fds.append(pollfd(fd: listener.socket.rawValue, events: hasRoom ? Int16(POLLIN) : 0, revents: 0)) }
         for worker in loop.workers {
@@ -252,6 +289,13 @@ extension Dispatcher {
         }
     }
 
+    /// Sends a worker no more connections and tells it to finish and exit. What it has not
+    /// acknowledged stays its own until it does, or until it is gone (then it goes to others).
+    private func retire(_ worker: Worker) {
+        worker.isRetired = true
+        try? worker.channel.send(WorkerMessage.stop.bytes, deadline: .now + .seconds(1))
+    }
+
     /// Drops a worker that exited or closed its channel; what it had not acknowledged goes to others.
     private func remove(_ worker: Worker, _ loop: inout Loop, reason: String) {
         loop.workers.removeAll { $0 === worker }
@@ -285,9 +329,14 @@ extension Dispatcher {
                 pid: worker.pid, generation: worker.generation, handled: worker.handled, inFlight: worker.inFlight,
                 unacknowledged: worker.unacknowledged.count, isReady: worker.isReady, isAccepting: worker.isEligible)
         }
+        let channels = loop.workers.map { ($0.pid, $0.generation, $0.isAccepting, $0.channel) }
+        let settled = loop.waiting.isEmpty && loop.workers.allSatisfy { $0.unacknowledged.isEmpty }
         shared.withLock { state in
             state.statistics = Statistics(
                 accepted: loop.accepted, redispatched: loop.redispatched, waiting: loop.waiting.count, workers: workers)
+            state.channels = channels
+            state.settled = settled
+            state.frozen = loop.frozen
         }
     }
 }

@@ -17,7 +17,7 @@ import Synchronization
 /// dispatcher stops accepting, and new connections wait in the kernel's backlog, not in memory.
 public final class Dispatcher: Sendable {
     /// How the next connection's worker is chosen.
-    public enum Policy: String, Sendable, CaseIterable {
+    public enum Policy: String, Sendable, CaseIterable, Codable {
         /// Each worker in turn (skipping full ones).
         case roundRobin = "rr"
         /// The worker with the fewest connections in flight.
@@ -105,14 +105,23 @@ public final class Dispatcher: Sendable {
 
     /// Requests from other threads, taken by the loop.
     enum Command {
-        case add(DescriptorChannel, pid: pid_t, generation: Int)
+        case add(DescriptorChannel, pid: pid_t, generation: Int, accepting: Bool)
         case retire(pid_t)
+        case promote(generation: Int)
+        case pause
+        case freeze
+        case resume
         case stop(deadline: ContinuousClock.Instant)
+        case detach
     }
 
     struct Shared {
         var commands: [Command] = []
         var statistics = Statistics(accepted: 0, redispatched: 0, waiting: 0, workers: [])
+        /// Workers and their channels, for a supervisor handing everything to its successor.
+        var channels: [(pid: pid_t, generation: Int, accepting: Bool, channel: DescriptorChannel)] = []
+        var settled = true
+        var frozen = false
         var finished = false
     }
 
@@ -155,10 +164,56 @@ public final class Dispatcher: Sendable {
         try DetachedThread.start { [self] in run() }
     }
 
-    /// Adds a worker: connections go to it from now on. The dispatcher owns `channel` (the
-    /// supervisor's end); the worker's end must already be in the worker process only.
-    public func addWorker(_ channel: DescriptorChannel, pid: pid_t, generation: Int) {
-        post(.add(channel, pid: pid, generation: generation))
+    /// Adds a worker. The dispatcher owns `channel` (the supervisor's end); the worker's end must
+    /// already be in the worker process only.
+    ///
+    /// - Parameter accepting: Whether connections go to it now; a worker of a generation that is
+    ///   still proving itself (a reload) waits for ``promote(generation:)``.
+    public func addWorker(_ channel: DescriptorChannel, pid: pid_t, generation: Int, accepting: Bool = true) {
+        post(.add(channel, pid: pid, generation: generation, accepting: accepting))
+    }
+
+    /// Makes `generation`'s workers take connections, and retires every other worker: it gets no
+    /// more, and is told to finish what it has and exit.
+    public func promote(generation: Int) {
+        post(.promote(generation: generation))
+    }
+
+    /// Stops accepting (connections wait in the listeners' backlogs); acknowledgements still arrive.
+    public func pause() {
+        post(.pause)
+    }
+
+    /// Stops touching the workers' channels at all (after ``pause()`` has settled), so a successor
+    /// supervisor can take them over; returns once the loop has stopped reading them.
+    public func freeze() {
+        post(.freeze)
+        while !shared.withLock({ $0.frozen || $0.finished }) {
+            var pause = timespec(tv_sec: 0, tv_nsec: 1_000_000)
+            nanosleep(&pause, nil)
+        }
+    }
+
+    /// Accepts again after ``pause()`` (and reads the workers again after ``freeze()``).
+    public func resume() {
+        post(.resume)
+    }
+
+    /// Whether nothing is waiting in the dispatcher and every connection sent was acknowledged.
+    public var isSettled: Bool { shared.withLock { $0.settled } }
+
+    /// The workers and the dispatcher's ends of their channels (for a successor supervisor).
+    public var workerChannels: [(pid: pid_t, generation: Int, accepting: Bool, channel: DescriptorChannel)] {
+        shared.withLock { $0.channels }
+    }
+
+    /// Ends the dispatcher without a word to the workers (their channels now belong to a successor).
+    public func detach() {
+        post(.detach)
+        while !shared.withLock({ $0.finished }) {
+            var pause = timespec(tv_sec: 0, tv_nsec: 2_000_000)
+            nanosleep(&pause, nil)
+        }
     }
 
     /// Sends no more connections to worker `pid` and tells it to finish what it has and exit.

@@ -79,12 +79,14 @@ enum Kernel {
     }
 
     /// `accept4(2)` with `SOCK_CLOEXEC` always added. Returns nil on `EAGAIN` (non-blocking listener).
-    static func accept(_ fd: CInt, flags: CInt = 0) throws(SocketShareError) -> CInt? {
+    /// With `interruptible`, a signal makes it throw `EINTR` instead of trying again.
+    static func accept(_ fd: CInt, flags: CInt = 0, interruptible: Bool = false) throws(SocketShareError) -> CInt? {
         while true {
             let result = cs_accept4(fd, nil, nil, flags | closeOnExecType)
             if result >= 0 { return result }
             let error = Glibc.errno
             switch error {
+            case EINTR where interruptible: throw SocketShareError.system("accept4", errno: error)
             case EINTR, ECONNABORTED: continue
             case EAGAIN: return nil
             default: throw SocketShareError.system("accept4", errno: error)

@@ -37,6 +37,19 @@ final class ProcessDescriptor: Sendable {
         }
     }
 
+    /// Takes ownership of a pidfd received from another process (a predecessor supervisor), which
+    /// says it names `pid`; the identity is read and checked as for ``init(pid:)``.
+    init(taking pidfd: CInt, pid: pid_t) throws(SocketShareError) {
+        do throws(SocketShareError) {
+            self.identity = try Self.verifiedIdentity(pidfd: pidfd, pid: pid)
+            self.uniqueInode = Self.pidfsInode(pidfd)
+            self.rawValue = pidfd
+        } catch {
+            try? Kernel.close(pidfd)
+            throw error
+        }
+    }
+
     deinit { try? Kernel.close(rawValue) }
 
     /// Whether the process has exited (the pidfd polls readable once it has).

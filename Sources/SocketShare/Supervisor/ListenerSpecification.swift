@@ -1,6 +1,6 @@
 /// One `--listen [NAME=]ADDR` of `sockshare serve`: an endpoint and the name its sockets carry
 /// (`LISTEN_FDNAMES` in shared mode, the listener name of each connection in handoff mode).
-public struct ListenerSpecification: Hashable, Sendable, CustomStringConvertible {
+public struct ListenerSpecification: Hashable, Sendable, CustomStringConvertible, Codable {
     /// The name.
     public var name: String
     /// The endpoint to bind.
@@ -34,4 +34,20 @@ public struct ListenerSpecification: Hashable, Sendable, CustomStringConvertible
 
     /// `NAME=ADDR`.
     public var description: String { "\(name)=\(endpoint)" }
+
+    /// Encodes as its text form, `NAME=ADDR`.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
+
+    /// Decodes the text form.
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        do {
+            self = try ListenerSpecification(parsing: text, index: 0)
+        } catch {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: error.description))
+        }
+    }
 }

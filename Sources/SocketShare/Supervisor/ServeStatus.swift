@@ -31,6 +31,24 @@ public struct ServeStatus: Codable, Sendable, Hashable {
         public var ready: Bool
         /// Seconds since it started.
         public var uptimeSeconds: Int
+        /// Whether its generation was replaced and it is finishing its connections.
+        public var draining: Bool
+    }
+
+    /// How the last reload (or upgrade) ended.
+    public struct ReloadOutcome: Codable, Sendable, Hashable {
+        /// `reload` or `upgrade`.
+        public var kind: String
+        /// The generation it started (a reload), or the new supervisor's pid (an upgrade).
+        public var generation: Int
+        /// Whether it succeeded.
+        public var succeeded: Bool
+        /// Why it failed (or what happened).
+        public var reason: String
+        /// When it ended, ISO 8601.
+        public var finishedAt: String
+        /// How long it took, in milliseconds.
+        public var milliseconds: Int
     }
 
     /// The supervisor's pid.
@@ -49,8 +67,12 @@ public struct ServeStatus: Codable, Sendable, Hashable {
     public var redispatched: Int?
     /// Connections waiting in the dispatcher for a worker with room (handoff mode).
     public var waiting: Int?
-    /// The current generation.
+    /// The generation new connections go to.
     public var generation: Int
+    /// How the last reload or upgrade ended; nil before the first.
+    public var lastReload: ReloadOutcome?
+    /// Whether a reload or an upgrade is under way.
+    public var reloading: Bool
 
     /// The JSON form.
     public var json: [UInt8] {
@@ -70,8 +92,10 @@ public struct ServeStatus: Codable, Sendable, Hashable {
 
     init(
         pid: Int32, mode: String, policy: String?, listeners: [Listener], workers: [Worker], accepted: Int?,
-        redispatched: Int?, waiting: Int?, generation: Int
+        redispatched: Int?, waiting: Int?, generation: Int, lastReload: ReloadOutcome?, reloading: Bool
     ) {
+        self.lastReload = lastReload
+        self.reloading = reloading
         self.pid = pid
         self.mode = mode
         self.policy = policy

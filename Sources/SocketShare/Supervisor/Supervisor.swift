@@ -3,7 +3,8 @@ import Logging
 import Synchronization
 
 /// `sockshare serve`: binds listeners, runs worker processes with exactly the descriptors they need,
-/// restarts the ones that crash, and stops gracefully.
+/// restarts the ones that crash, reloads them without losing a connection, hands itself over to a
+/// new binary, and stops gracefully.
 ///
 /// - **shared** mode: every worker gets every listener at descriptors 3… with `LISTEN_FDS`,
 ///   `LISTEN_PID` and `LISTEN_FDNAMES`, so any server that supports systemd socket activation
@@ -12,20 +13,32 @@ import Synchronization
 ///   receives them through ``WorkerConnections`` (or `docs/WORKERS.md` in any language) on the
 ///   channel at `$SOCKSHARE_WORKER_FD`. No connection is lost when a worker dies.
 ///
-/// Workers are started with `posix_spawn`: their descriptors at fixed numbers, every other one
-/// closed, signal dispositions reset. `SIGTERM` or `SIGINT` drain: stop accepting, let workers
-/// finish, then `SIGTERM` and, at the deadline, `SIGKILL` them.
+/// A **reload** (``reload`` command, `SIGHUP`) starts a new generation of workers on the same
+/// listeners; once every one of them says it is ready (`READY=1` on `$NOTIFY_SOCKET`, or
+/// ``WorkerConnections/ready()``), new connections go only to it and the old generation drains.
+/// If the new generation is not ready by the deadline, or one of its workers exits first, it is
+/// stopped and the old one serves on untouched. An **upgrade** (`upgrade` command, `SIGUSR2`)
+/// starts a new supervisor binary and hands it the listeners, the worker channels and the state;
+/// the workers keep running.
 public final class Supervisor: Sendable {
     /// How connections reach workers.
-    public enum Mode: String, Sendable, CaseIterable {
+    public enum Mode: String, Sendable, CaseIterable, Codable {
         /// Workers accept on the shared listeners themselves (systemd socket activation).
         case shared
         /// The supervisor accepts and hands each connection to a worker.
         case handoff
     }
 
+    /// How a worker shows it is ready.
+    public enum Readiness: String, Sendable, CaseIterable, Codable {
+        /// `READY=1` on `$NOTIFY_SOCKET` (sd_notify), or the worker protocol's `ready` message.
+        case notify
+        /// Ready as soon as it is started. A reload then cannot tell a broken new version.
+        case none
+    }
+
     /// How a supervisor runs.
-    public struct Configuration: Sendable {
+    public struct Configuration: Sendable, Codable {
         /// The listeners to bind (ignored for those passed in by systemd).
         public var listeners: [ListenerSpecification]
         /// How many workers run at once.
@@ -38,7 +51,8 @@ public final class Supervisor: Sendable {
         public var command: [String]
         /// The control socket for `sockshare status --control`; nil picks `serve-PID.sock` in the runtime directory.
         public var controlPath: String?
-        /// How long a stop waits for workers to finish before `SIGTERM`, and again before `SIGKILL`.
+        /// How long a stop, or a reload's old generation, waits for workers to finish before `SIGTERM`
+        /// (and `SIGKILL` 2 s later).
         public var drainTimeout: Duration
         /// How long a worker may leave a connection unacknowledged before it is killed (handoff).
         public var stallTimeout: Duration
@@ -46,12 +60,18 @@ public final class Supervisor: Sendable {
         public var maximumInFlightPerWorker: Int
         /// The `listen(2)` backlog of the listeners.
         public var backlog: CInt
+        /// How workers show they are ready.
+        public var readiness: Readiness
+        /// How long a reload (or an upgrade) may take before it is rolled back, when the request
+        /// does not say.
+        public var reloadDeadline: Duration
 
         /// Creates a configuration.
         public init(
             listeners: [ListenerSpecification], workers: Int, mode: Mode, policy: Dispatcher.Policy = .roundRobin,
             command: [String], controlPath: String? = nil, drainTimeout: Duration = .seconds(10),
-            stallTimeout: Duration = .seconds(5), maximumInFlightPerWorker: Int = 256, backlog: CInt = 4096
+            stallTimeout: Duration = .seconds(5), maximumInFlightPerWorker: Int = 256, backlog: CInt = 4096,
+            readiness: Readiness = .notify, reloadDeadline: Duration = .seconds(30)
         ) {
             self.listeners = listeners
             self.workers = workers
@@ -63,6 +83,8 @@ public final class Supervisor: Sendable {
             self.stallTimeout = stallTimeout
             self.maximumInFlightPerWorker = maximumInFlightPerWorker
             self.backlog = backlog
+            self.readiness = readiness
+            self.reloadDeadline = reloadDeadline
         }
     }
 
@@ -73,6 +95,13 @@ public final class Supervisor: Sendable {
         let pidfd: ProcessDescriptor?
         let generation: Int
         let started: ContinuousClock.Instant
+        /// False for workers inherited from a predecessor supervisor: they are not our children.
+        let isChild: Bool
+        var isReady = false
+        /// Set when the worker's generation was replaced: it must be gone by then.
+        var drainDeadline: ContinuousClock.Instant? = nil
+        /// When `SIGKILL` follows the `SIGTERM` it was sent.
+        var killAt: ContinuousClock.Instant? = nil
     }
 
     /// A worker slot waiting to be started again.
@@ -81,14 +110,41 @@ public final class Supervisor: Sendable {
         let at: ContinuousClock.Instant
     }
 
+    /// A reload under way: the new generation, and the workers of it not ready yet.
+    struct ReloadAttempt {
+        let generation: Int
+        let started: ContinuousClock.Instant
+        let deadline: ContinuousClock.Instant
+        var waiting: Set<pid_t>
+        var requester: DescriptorChannel?
+    }
+
+    /// A supervisor upgrade under way.
+    struct UpgradeAttempt {
+        let binary: String
+        let started: ContinuousClock.Instant
+        let deadline: ContinuousClock.Instant
+        var requester: DescriptorChannel?
+        /// Set once the successor runs: its process and our end of the channel to it.
+        var successor: (process: ChildProcess, channel: DescriptorChannel)?
+    }
+
     struct State {
         var workers: [Worker] = []
         var restarts: [Int: Int] = [:]
         var backoff: [Int: Duration] = [:]
         var pendingRestarts: [Restart] = []
+        /// The latest generation started.
         var generation = 1
+        /// The generation new connections go to.
+        var currentGeneration = 1
+        var reload: ReloadAttempt?
+        var upgrade: UpgradeAttempt?
+        var lastReload: ServeStatus.ReloadOutcome?
         var stopping = false
-        var exits: [(pid: pid_t, termination: ChildProcess.Termination)] = []
+        /// Set once a successor supervisor has everything: stop without touching workers or paths.
+        var handedOver = false
+        var toldServiceManagerReady = false
     }
 
     let configuration: Configuration
@@ -99,12 +155,29 @@ public final class Supervisor: Sendable {
     let dispatcher: Dispatcher?
     let control: SocketDescriptor
     let controlPath: String
+    let notifications: NotifyListener
     let state: Mutex<State>
     let devNull: CInt
+    /// Our own service manager's `$NOTIFY_SOCKET` (systemd), if any.
+    let serviceManager: SystemdNotifier?
+    /// The binary an upgrade starts when the request names none: the one this process runs.
+    let executablePath: String
+    /// Written to wake the loop (readiness reported from the dispatcher's thread).
+    let wakeRead: CInt
+    let wakeWrite: CInt
+    /// Readiness reported from the dispatcher's thread, taken by the loop.
+    let readyInbox: ReadyInbox
 
-    /// Binds the listeners (or takes those systemd passed in), creates the control socket, and
-    /// prepares the dispatcher in handoff mode. No worker runs until ``run()``.
-    public init(configuration: Configuration, logger: Logger) throws(SocketShareError) {
+    final class ReadyInbox: Sendable {
+        let pids = Mutex<[pid_t]>([])
+    }
+
+    /// A successor's channel to its predecessor, and the workers it inherits (until ``run()``).
+    let predecessor = Mutex<(DescriptorChannel, [(pid_t, Int, Bool, DescriptorChannel)])?>(nil)
+
+    /// Binds the listeners (or takes those systemd passed in), creates the control and notify
+    /// sockets, and prepares the dispatcher in handoff mode. No worker runs until ``run()``.
+    public convenience init(configuration: Configuration, logger: Logger) throws(SocketShareError) {
         guard configuration.workers > 0 else {
             throw SocketShareError(.invalidArgument, operation: "serve", detail: "--workers must be at least 1")
         }
@@ -115,8 +188,8 @@ public final class Supervisor: Sendable {
             throw SocketShareError(
                 .invalidArgument, operation: "serve", detail: "COMMAND \(program): no such executable (is it on PATH?)")
         }
-        self.configuration = configuration
-        self.logger = logger
+        let serviceManager = SystemdNotifier.fromEnvironment()
+        unsetenv("NOTIFY_SOCKET")
         var listeners: [Dispatcher.Listener] = []
         var owned: [String] = []
         var cleanup: [SocketDescriptor] = []
@@ -156,22 +229,52 @@ public final class Supervisor: Sendable {
             } else {
                 path = try RuntimeDirectory.standard().appending("serve-\(getpid()).sock")
             }
-            if let existing = try Kernel.linkStatus(path), existing.st_mode & S_IFMT == S_IFSOCK,
-               (try? DescriptorChannel.connect(to: path)) == nil {
+            if let existing = try Kernel.linkStatus(path), existing.st_mode & S_IFMT == S_IFSOCK {
+                if let probe = try? DescriptorChannel.connect(to: path) {
+                    try? probe.close()
+                    throw SocketShareError(
+                        .invalidArgument, operation: "serve", detail: "--control \(path): another sockshare serve answers there")
+                }
                 Kernel.unlink(path)
             }
-            control = try SocketDescriptor.listening(on: .unix(path: path), kind: .seqpacket, backlog: 64)
-            try control.setNonBlocking(true)
-            controlPath = path
-            devNull = try Kernel.open("/dev/null", O_RDWR)
+            let control = try SocketDescriptor.listening(on: .unix(path: path), kind: .seqpacket, backlog: 64)
+            cleanup.append(control)
+            let notifications = try NotifyListener(path: Self.notifyPath(for: path))
+            try self.init(
+                configuration: configuration, logger: logger, listeners: listeners, ownedPaths: owned,
+                control: control, controlPath: path, notifications: notifications, serviceManager: serviceManager)
         } catch {
             for socket in cleanup { try? socket.close() }
             for path in owned { Kernel.unlink(path) }
             throw error
         }
+    }
+
+    /// The designated initializer: everything bound and open already.
+    init(
+        configuration: Configuration, logger: Logger, listeners: [Dispatcher.Listener], ownedPaths: [String],
+        control: SocketDescriptor, controlPath: String, notifications: NotifyListener, serviceManager: SystemdNotifier?,
+        state: State = State()
+    ) throws(SocketShareError) {
+        try control.setNonBlocking(true)
+        self.configuration = configuration
+        self.logger = logger
         self.listeners = listeners
-        self.ownedPaths = owned
-        self.state = Mutex(State())
+        self.ownedPaths = ownedPaths
+        self.control = control
+        self.controlPath = controlPath
+        self.notifications = notifications
+        self.serviceManager = serviceManager
+        self.devNull = try Kernel.open("/dev/null", O_RDWR)
+        self.executablePath = Kernel.readLink("/proc/self/exe") ?? CommandLine.arguments[0]
+        let (read, write) = try Kernel.pipe()
+        try Kernel.setNonBlocking(read, true)
+        try Kernel.setNonBlocking(write, true)
+        self.wakeRead = read
+        self.wakeWrite = write
+        self.state = Mutex(state)
+        let inbox = ReadyInbox()
+        self.readyInbox = inbox
         if configuration.mode == .handoff {
             let dispatcherLogger = logger
             dispatcher = try Dispatcher(listeners: listeners, configuration: Dispatcher.Configuration(
@@ -181,10 +284,25 @@ public final class Supervisor: Sendable {
                     dispatcherLogger.warning("killing stalled worker \(pid); its connections go to the others")
                     _ = Glibc.kill(pid, SIGKILL)
                 },
+                onReady: { pid in
+                    inbox.pids.withLock { $0.append(pid) }
+                    var byte: UInt8 = 1
+                    _ = Glibc.write(write, &byte, 1)
+                },
                 logger: logger))
         } else {
             dispatcher = nil
         }
+    }
+
+    deinit {
+        try? Kernel.close(wakeRead)
+        try? Kernel.close(wakeWrite)
+    }
+
+    /// The notify socket's path, beside the control socket.
+    static func notifyPath(for controlPath: String) -> String {
+        (controlPath.hasSuffix(".sock") ? String(controlPath.dropLast(5)) : controlPath) + ".notify"
     }
 
     /// The addresses the listeners are bound to (ports filled in).
@@ -195,12 +313,17 @@ public final class Supervisor: Sendable {
         }
     }
 
-    /// Starts the workers and supervises them until `SIGTERM` or `SIGINT` (or ``requestStop()``),
-    /// then drains and returns.
+    /// Starts the workers (a successor adopts its predecessor's instead) and supervises them until
+    /// `SIGTERM` or `SIGINT`, then drains and returns. `SIGHUP` reloads; `SIGUSR2` upgrades.
     public func run() throws(SocketShareError) {
-        let signals = try SignalPipe.install([SIGTERM, SIGINT])
+        let signals = try SignalPipe.install([SIGTERM, SIGINT, SIGHUP, SIGUSR2])
         try dispatcher?.start()
-        for slot in 0..<configuration.workers { start(slot: slot) }
+        if predecessor.withLock({ $0 != nil }) {
+            adoptPredecessorsWorkers()
+        } else {
+            let generation = state.withLock { $0.generation }
+            for slot in 0..<configuration.workers { start(slot: slot, generation: generation, accepting: true) }
+        }
         logger.notice("serving", metadata: [
             "mode": "\(configuration.mode)", "workers": "\(configuration.workers)",
             "listeners": "\(boundAddresses.map { "\($0.name)=\($0.endpoint)" }.joined(separator: " "))",
@@ -208,51 +331,90 @@ public final class Supervisor: Sendable {
         ])
         var controlConnections: [CInt: DescriptorChannel] = [:]
         while true {
-            if state.withLock({ $0.stopping }) { break }
-            let now = ContinuousClock.now
-            let (workers, restarts) = state.withLock { ($0.workers, $0.pendingRestarts) }
-            for restart in restarts where restart.at <= now {
-                state.withLock { $0.pendingRestarts.removeAll { $0.slot == restart.slot } }
-                start(slot: restart.slot)
-            }
+            if state.withLock({ $0.stopping || $0.handedOver }) { break }
+            runTimers()
+            // While a successor takes over, this supervisor only listens to it (and to signals): the
+            // control socket and the workers are about to be the successor's, and two supervisors
+            // must never act on them at once.
+            let handingOver = state.withLock { $0.upgrade?.successor != nil }
             var fds = [
                 pollfd(fd: signals, events: Int16(POLLIN), revents: 0),
-                pollfd(fd: control.rawValue, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: handingOver ? -1 : control.rawValue, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: handingOver ? -1 : notifications.socket.rawValue, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: state.withLock { $0.upgrade?.successor?.channel.socket.rawValue } ?? -1, events: Int16(POLLIN), revents: 0),
             ]
-            let controlFDs = Array(controlConnections.keys)
+            let fixed = fds.count
+            let controlFDs = handingOver ? [] : Array(controlConnections.keys)
             for fd in controlFDs { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
-            let current = state.withLock { $0.workers }
+            let current = handingOver ? [] : state.withLock { $0.workers }
             for worker in current { fds.append(pollfd(fd: worker.pidfd?.rawValue ?? -1, events: Int16(POLLIN), revents: 0)) }
-            let next = state.withLock { $0.pendingRestarts.map(\.at).min() }
-            _ = workers
-            guard (try? Kernel.poll(&fds, deadline: next ?? (.now + .seconds(1)))) != nil else { break }
+            guard (try? Kernel.poll(&fds, deadline: nextTimer())) != nil else { break }
+
             if fds[0].revents != 0, let number = try? SignalPipe.next(deadline: .now) {
-                logger.notice("signal \(number): draining")
-                break
+                switch number {
+                case SIGHUP:
+                    logger.notice("SIGHUP: reloading")
+                    beginReload(deadline: configuration.reloadDeadline, requester: nil)
+                case SIGUSR2:
+                    logger.notice("SIGUSR2: upgrading to \(executablePath)")
+                    beginUpgrade(binary: executablePath, deadline: configuration.reloadDeadline, requester: nil)
+                default:
+                    logger.notice("signal \(number): draining")
+                    state.withLock { $0.stopping = true }
+                }
+            }
+            if fds[4].revents != 0 {
+                successorSpoke()
+                if state.withLock({ $0.handedOver }) { break }
             }
             if fds[1].revents != 0 {
                 while let accepted = try? control.accept() {
                     controlConnections[accepted.rawValue] = DescriptorChannel(accepted)
                 }
             }
-            for (index, fd) in controlFDs.enumerated() where fds[2 + index].revents != 0 {
+            if fds[2].revents != 0 {
+                for (pid, fields) in notifications.drain() where fields["READY"] == "1" { workerIsReady(pid) }
+            }
+            if fds[3].revents != 0 {
+                var buffer = [UInt8](repeating: 0, count: 64)
+                while Glibc.read(wakeRead, &buffer, buffer.count) > 0 {}
+                for pid in readyInbox.pids.withLock({ pids in defer { pids.removeAll() }; return pids }) {
+                    workerIsReady(pid)
+                }
+            }
+            for (index, fd) in controlFDs.enumerated() where fds[fixed + index].revents != 0 {
                 guard let channel = controlConnections[fd] else { continue }
                 if !answerControl(channel) {
                     controlConnections.removeValue(forKey: fd)
                     try? channel.close()
                 }
             }
-            for (index, worker) in current.enumerated() where fds[2 + controlFDs.count + index].revents != 0 {
+            for (index, worker) in current.enumerated() where fds[fixed + controlFDs.count + index].revents != 0 {
                 reap(worker)
             }
         }
         for channel in controlConnections.values { try? channel.close() }
-        drain()
+        if state.withLock({ $0.handedOver }) {
+            finishHandover()
+        } else {
+            drain()
+        }
     }
 
     /// Asks ``run()`` to drain and return (as `SIGTERM` does).
     public func requestStop() {
         state.withLock { $0.stopping = true }
-        _ = Glibc.kill(getpid(), SIGTERM)
+        wake()
+    }
+
+    func wake() {
+        var byte: UInt8 = 1
+        _ = Glibc.write(wakeWrite, &byte, 1)
+    }
+
+    /// Tells our own service manager (systemd, if it started us with `$NOTIFY_SOCKET`).
+    func tellServiceManager(_ state: String) {
+        try? serviceManager?.notify(state)
     }
 }
