@@ -41,6 +41,11 @@ public final class SharedListenerAcceptor: Sendable {
     /// briefly instead of spinning.
     public func run() {
         Self.installInterruptHandler()
+        // Threads started from libdispatch's workers inherit their mask, which blocks signals.
+        var interrupt = sigset_t()
+        sigemptyset(&interrupt)
+        sigaddset(&interrupt, SIGURG)
+        pthread_sigmask(SIG_UNBLOCK, &interrupt, nil)
         let go = state.withLock { state -> Bool in
             if state.stopping { return false }
             state.thread = pthread_self()

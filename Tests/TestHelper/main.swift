@@ -219,8 +219,10 @@ if CommandLine.arguments.dropFirst().first == "--probe-fds" {
 /// A handoff worker for the tests: `--worker MODE [MILLISECONDS]`.
 ///   serve: answer each connection's first request at once (HTTP/1.0, naming this pid), then close it;
 ///   slow:  the same, one connection at a time, after MILLISECONDS;
-///   refuse: refuse every connection (the dispatcher gives them to another worker).
+///   refuse: refuse every connection (the dispatcher gives them to another worker);
+///   stubborn: serve, but ignore the dispatcher's stop and SIGTERM (only SIGKILL ends it).
 func runWorker(_ mode: String, delay: Int) async {
+    if mode == "stubborn" { signal(SIGTERM, SIG_IGN) }
     guard let connections = try? WorkerConnections.fromEnvironment(admitting: { _ in mode != "refuse" }) else {
         answer(["error", "not a handoff worker"])
         exit(2)
@@ -234,6 +236,9 @@ func runWorker(_ mode: String, delay: Int) async {
         try? socket.sendAll(Array("HTTP/1.0 200 OK\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8))
         try? socket.close()
         connection.finished()
+    }
+    if mode == "stubborn" {
+        while true { sleep(60) }
     }
     exit(0)
 }

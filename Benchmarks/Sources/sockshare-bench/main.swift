@@ -9,7 +9,7 @@
 //   sockshare-bench load --address HOST:PORT [--threads N] [--seconds S] [--count N]
 //     A bounded closed-loop HTTP/1.1 client (`Connection: close`, one request per connection, loopback
 //     only): each thread connects, asks GET /, reads the whole answer, and starts over, until S
-//     seconds passed or N connections were opened. Prints one line:
+//     seconds passed, N connections were opened, or SIGINT/SIGTERM arrived. Prints one line:
 //       attempted N answered N failed N reset N refused N timedOut N
 //     failed: the connection ended without a complete 200 answer; reset: ECONNRESET; refused:
 //     ECONNREFUSED; timedOut: no answer within 10 s.
@@ -205,12 +205,14 @@ func runLoad(_ arguments: Arguments) throws {
     let tally = Tally()
     let count = arguments.countGiven ? arguments.count : Int.max
     let end = ContinuousClock.now + .milliseconds(Int64(arguments.seconds * 1000))
+    let interrupted = Atomic<Bool>(false)
+    try SignalPipe.handle([SIGINT, SIGTERM]) { _ in interrupted.store(true, ordering: .relaxed) }
     let started = Atomic<Int>(0)
     let request = Array("GET / HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n".utf8)
     let finished = Atomic<Int>(0)
     for _ in 0..<arguments.threads {
         DetachedLoop.start {
-            while ContinuousClock.now < end, started.add(1, ordering: .relaxed).newValue <= count {
+            while ContinuousClock.now < end, !interrupted.load(ordering: .relaxed), started.add(1, ordering: .relaxed).newValue <= count {
                 tally.add("attempted")
                 tally.add(LoadRequest.outcome(of: request, to: address))
             }

@@ -57,10 +57,20 @@ extension Supervisor {
                 throw error
             }
             state.withLock { $0.upgrade?.successor = (child, channel) }
-            try handOver(on: channel, upgrade.deadline)
+            do throws(SocketShareError) {
+                try handOver(on: channel, upgrade.deadline)
+            } catch {
+                if let ended = try? child.wait(deadline: .now + .milliseconds(200)) {
+                    state.withLock { $0.upgrade?.successor = nil }
+                    throw SocketShareError(
+                        .holderGone, operation: "upgrade",
+                        detail: "the new supervisor (\(upgrade.binary), pid \(child.pid)) ended (\(ended)) before it was ready")
+                }
+                throw error
+            }
             logger.info("upgrade: state sent to the new supervisor, pid \(child.pid); waiting for it to serve")
         } catch {
-            finishUpgrade(failure: "could not hand over: \(error)")
+            finishUpgrade(failure: error.operation == "upgrade" ? error.detail : "could not hand over: \(error)")
         }
     }
 
@@ -104,7 +114,8 @@ extension Supervisor {
         if let message, message.bytes == Self.successorReady {
             finishUpgrade(failure: nil)
         } else if message == nil {
-            finishUpgrade(failure: "the new supervisor (pid \(successor.process.pid)) exited before it was ready")
+            let ended = (try? successor.process.wait(deadline: .now + .milliseconds(200))).flatMap { $0 }.map { " (\($0))" } ?? ""
+            finishUpgrade(failure: "the new supervisor (pid \(successor.process.pid)) ended\(ended) before it was ready")
         }
     }
 

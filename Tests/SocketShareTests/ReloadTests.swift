@@ -1,0 +1,238 @@
+import Glibc
+import Synchronization
+import Testing
+@testable import SocketShare
+
+/// Reload and upgrade of `sockshare serve`: zero lost connections, readiness from the new workers
+/// themselves, rollback, bounded drains, and the systemd notifications serve sends.
+extension SocketShareTests {
+    @Suite struct ReloadTests {
+        init() { TestEnvironment.prepare() }
+
+        static let helloWorker = Paths.buildDirectory + "/hello-worker"
+
+        static func reload(_ serve: ServeProcess, deadline: Double = 20) throws -> ProgramRun {
+            try ProgramRun.run(Paths.sockshare, ["reload", "--control", serve.controlPath, "--deadline", "\(deadline)"])
+        }
+
+        @Test(arguments: ["handoff", "shared"])
+        func reloadsUnderLoadLoseNothing(_ mode: String) throws {
+            let serve = try ServeProcess(
+                ["--listen", "tcp://127.0.0.1:0", "--mode", mode, "--drain-timeout", "10"], command: [Self.helloWorker], workers: 2)
+            let address = try serve.address()
+            let first = Set(try serve.status().workers.map(\.pid))
+            var outcomes: [ChildProcess.Termination] = []
+            let result = try LoadClient(address: address, count: 2000, threads: 4).run {
+                for _ in 0..<5 {
+                    outcomes.append(try Self.reload(serve).status)
+                    usleep(100_000)
+                }
+            }
+            #expect(outcomes == Array(repeating: .exited(0), count: 5))
+            #expect(result.answered == result.opened && result.opened == 2000, "\(result)")
+            let status = try serve.status()
+            #expect(status.generation == 6)
+            #expect(status.lastReload?.succeeded == true)
+            #expect(eventually(timeout: .seconds(20)) {
+                (try? serve.status().workers.allSatisfy { $0.generation == 6 && !$0.draining }) == true
+            }, "old generations drained and exited")
+            #expect(Set(try serve.status().workers.map(\.pid)).isDisjoint(with: first))
+            // Every old worker finished and exited by itself: none needed a signal at a deadline.
+            #expect(!serve.log.contains("SIGKILL") && !serve.log.contains("drain deadline"), "\(serve.log)")
+            #expect(try serve.stop() == .exited(0))
+            #expect(!serve.log.contains("killed by signal"))
+        }
+
+        @Test func aNewGenerationThatNeverSaysReadyIsRolledBack() throws {
+            // A socket-activated server that never calls sd_notify: its generation never becomes ready.
+            let serve = try ServeProcess(
+                ["--listen", "tcp://127.0.0.1:0", "--mode", "shared"],
+                command: ["python3", CommandLineTests.scripts + "/listen_fds_server.py"], workers: 2)
+            let before = try serve.status().workers.map(\.pid)
+            let run = try Self.reload(serve, deadline: 1)
+            #expect(run.status == .exited(1))
+            #expect(run.standardError.hasPrefix("sockshare: reload failed: the new generation was not ready by the deadline"), "\(run.standardError)")
+            let status = try serve.status()
+            #expect(status.generation == 1, "the old generation serves on")
+            #expect(status.lastReload?.succeeded == false)
+            #expect(eventually { (try? serve.status().workers.map(\.pid)) == before }, "the new generation is gone, the old untouched")
+            #expect(LoadClient(address: try serve.address(), count: 20).run().answered == 20)
+            try serve.stop()
+        }
+
+        /// The new generation dies right after it starts while the old one still answers everything:
+        /// readiness comes from the new workers, so the reload fails (ray-project/ray#64063).
+        @Test func aNewGenerationThatCrashesIsRolledBackAndTheOldGenerationCannotFakeReadiness() throws {
+            let serve = try ServeProcess(
+                ["--listen", "tcp://127.0.0.1:0", "--mode", "handoff"],
+                command: ["/bin/sh", "-c", "[ \"$SOCKSHARE_GENERATION\" = 2 ] && exit 3; exec \"$0\"", Self.helloWorker], workers: 2)
+            let before = try serve.status().workers.map(\.pid)
+            let result = try LoadClient(address: try serve.address(), count: 300, threads: 2).run {
+                let run = try Self.reload(serve)
+                #expect(run.status == .exited(1))
+                #expect(run.standardError.contains("of generation 2 ended (exit status 3) before it was ready"), "\(run.standardError)")
+            }
+            #expect(result.answered == 300, "\(result)")
+            #expect(try serve.status().workers.map(\.pid) == before)
+            // A failed reload leaves the supervisor ready for the next one (generation 3 starts fine).
+            #expect(try Self.reload(serve).status == .exited(0))
+            #expect(try serve.status().generation == 3)
+            try serve.stop()
+        }
+
+        @Test func aSecondReloadWhileOneRunsIsRefused() throws {
+            let serve = try ServeProcess(
+                ["--listen", "tcp://127.0.0.1:0", "--mode", "shared"],
+                command: ["python3", CommandLineTests.scripts + "/listen_fds_server.py"], workers: 1)
+            let first = try ProcessSpawner.spawn(
+                Paths.sockshare, arguments: ["reload", "--control", serve.controlPath, "--deadline", "3"],
+                descriptors: [2: try Kernel.open("/dev/null", O_WRONLY)])
+            #expect(eventually { (try? serve.status().reloading) == true })
+            let second = try Self.reload(serve)
+            #expect(second.status == .exited(1))
+            #expect(second.standardError.contains("a reload is already in progress (generation 2)"), "\(second.standardError)")
+            #expect(try first.wait(deadline: .now + .seconds(20)) == .exited(1))
+            try serve.stop()
+        }
+
+        @Test func oldWorkersThatIgnoreTheirStopAreKilledAtTheDeadline() throws {
+            let serve = try ServeProcess(
+                ["--listen", "tcp://127.0.0.1:0", "--mode", "handoff", "--drain-timeout", "1"],
+                command: [Paths.helper, "--worker", "stubborn"], workers: 1)
+            let old = try serve.status().workers[0].pid
+            #expect(try Self.reload(serve).status == .exited(0))
+            #expect(try serve.status().workers.contains { $0.pid == old && $0.draining })
+            // 1 s drain, then SIGTERM (ignored), then SIGKILL 2 s later.
+            #expect(eventually(timeout: .seconds(10)) { !Kernel.processExists(old) || Self.isZombie(old) })
+            #expect(serve.log.contains("old worker ignored SIGTERM: SIGKILL"))
+            #expect(LoadClient(address: try serve.address(), count: 20).run().answered == 20)
+            try serve.stop()
+        }
+
+        /// A never-closing old generation does not block reloads, and does not pile up: the fourth
+        /// reload kills what is left of the first generation (tableflip#52, HAProxy mworker-max-reloads).
+        @Test func generationsAreCapped() throws {
+            let serve = try ServeProcess(
+                ["--listen", "tcp://127.0.0.1:0", "--mode", "handoff", "--drain-timeout", "120"],
+                command: [Paths.helper, "--worker", "stubborn"], workers: 1)
+            var generations: [Int: pid_t] = [1: try serve.status().workers[0].pid]
+            for generation in 2...5 {
+                #expect(try Self.reload(serve).status == .exited(0))
+                generations[generation] = try serve.status().workers.first { $0.generation == generation }?.pid
+            }
+            #expect(eventually { !Kernel.processExists(generations[1]!) || Self.isZombie(generations[1]!) }, "generation 1 is killed")
+            let alive = try serve.status().workers.map(\.generation).sorted()
+            #expect(alive == [2, 3, 4, 5], "at most four generations: \(alive)")
+            #expect(serve.log.contains("an older generation is still draining at the next reload: SIGKILL"))
+            try serve.process.signal(SIGKILL)
+            for pid in generations.values { _ = Glibc.kill(pid, SIGKILL) }
+        }
+
+        @Test func threeGenerationsKeepTheirAddressesAcrossFamilies() throws {
+            let path = BrokerProcess.freshDirectory() + "/web.sock"
+            let serve = try ServeProcess(
+                ["--listen", "v4=tcp://127.0.0.1:0", "--listen", "v6=tcp://[::1]:0", "--listen", "local=unix://\(path)", "--mode", "handoff"],
+                command: [Self.helloWorker], workers: 1)
+            let addresses = try serve.status().listeners
+            var previous = try serve.status().workers.map(\.pid)
+            for generation in 2...4 {
+                #expect(try Self.reload(serve).status == .exited(0))
+                let status = try serve.status()
+                #expect(status.generation == generation)
+                #expect(status.listeners == addresses)
+                // Generation N−1 is gone (or going) once N+1 serves.
+                #expect(eventually { !(try? serve.status().workers.map(\.pid))!.contains(where: previous.contains) })
+                previous = status.workers.filter { $0.generation == generation }.map(\.pid)
+                for listener in addresses {
+                    let address = try SocketEndpoint(parsing: listener.address).address
+                    #expect(LoadClient.request(address, timeout: .seconds(10)).answer?.hasPrefix("hello from") == true, "\(listener)")
+                }
+            }
+            #expect(try Kernel.linkStatus(path) != nil, "the unix path survives every generation")
+            try serve.stop()
+            #expect(try Kernel.linkStatus(path) == nil, "and is removed when serve stops")
+        }
+
+        @Test func aFailedReloadKeepsAUnixListenersPath() throws {
+            let path = BrokerProcess.freshDirectory() + "/app.sock"
+            let serve = try ServeProcess(
+                ["--listen", "unix://\(path)", "--mode", "handoff"],
+                command: ["/bin/sh", "-c", "[ \"$SOCKSHARE_GENERATION\" = 2 ] && exit 1; exec \"$0\"", Self.helloWorker], workers: 1)
+            #expect(try Self.reload(serve).status == .exited(1))
+            #expect(try Kernel.linkStatus(path) != nil)
+            #expect(LoadClient.request(.unix(path: path), timeout: .seconds(10)).answer?.hasPrefix("hello from") == true)
+            try serve.stop()
+        }
+
+        @Test(arguments: ["handoff", "shared"])
+        func anUpgradeHandsEverythingToANewSupervisorWhileWorkersKeepServing(_ mode: String) throws {
+            let serve = try ServeProcess(["--listen", "tcp://127.0.0.1:0", "--mode", mode], command: [Self.helloWorker], workers: 2)
+            let workers = Set(try serve.status().workers.map(\.pid))
+            var answer = ""
+            let result = try LoadClient(address: try serve.address(), count: 1500, threads: 4).run {
+                let run = try ProgramRun.run(Paths.sockshare, ["upgrade", "--control", serve.controlPath])
+                answer = run.standardOutput + run.standardError
+                #expect(run.status == .exited(0), "\(answer)")
+            }
+            #expect(result.answered == 1500, "\(result)")
+            let status = try serve.status()
+            #expect(status.pid != serve.process.pid, "a new supervisor: \(answer)")
+            #expect(Set(status.workers.map(\.pid)) == workers, "the workers kept running")
+            #expect(try serve.process.wait(deadline: .now + .seconds(10)) == .exited(0), "the old supervisor exited")
+            // The new supervisor reloads, and stops cleanly.
+            #expect(try Self.reload(serve).status == .exited(0))
+            try Kernel.signal(status.pid, SIGTERM)
+            #expect(eventually(timeout: .seconds(20)) { !Kernel.processExists(status.pid) })
+        }
+
+        @Test func aFailedUpgradeLeavesTheOldSupervisorServing() throws {
+            let serve = try ServeProcess(["--listen", "tcp://127.0.0.1:0", "--mode", "handoff"], command: [Self.helloWorker], workers: 1)
+            let run = try ProgramRun.run(Paths.sockshare, ["upgrade", "--control", serve.controlPath, "--binary", "/bin/false"])
+            #expect(run.status == .exited(1))
+            #expect(run.standardError.contains("ended (exit status 1) before it was ready"), "\(run.standardError)")
+            #expect(try serve.status().pid == serve.process.pid)
+            #expect(LoadClient(address: try serve.address(), count: 50).run().answered == 50)
+            #expect(try serve.stop() == .exited(0))
+        }
+
+        /// A stand-in for systemd's `$NOTIFY_SOCKET`: serve says READY=1 when its workers are ready,
+        /// RELOADING=1 then READY=1 around a reload, MAINPID= after an upgrade, STOPPING=1 at the end.
+        @Test func serveTellsItsServiceManagerWhatHappens() throws {
+            let directory = BrokerProcess.freshDirectory()
+            let manager = try NotifyListener(path: directory + "/systemd.notify")
+            defer { manager.close() }
+            var environment = ProcessSpawner.environment
+            environment["NOTIFY_SOCKET"] = manager.path
+            let serve = try ServeProcess(
+                ["--listen", "tcp://127.0.0.1:0", "--mode", "handoff"], command: [Self.helloWorker], workers: 1,
+                environment: environment)
+            var messages: [(pid_t, [String: String])] = []
+            func collect(until key: String) -> Bool {
+                eventually(timeout: .seconds(20)) {
+                    messages += manager.drain()
+                    return messages.contains { $0.1[key] != nil }
+                }
+            }
+            #expect(collect(until: "READY"))
+            #expect(try Self.reload(serve).status == .exited(0))
+            #expect(collect(until: "RELOADING"))
+            _ = try ProgramRun.run(Paths.sockshare, ["upgrade", "--control", serve.controlPath])
+            #expect(collect(until: "MAINPID"))
+            let successor = try serve.status().pid
+            try Kernel.signal(successor, SIGTERM)
+            #expect(collect(until: "STOPPING"))
+            let keys = messages.map { message in Set(["READY", "RELOADING", "MAINPID", "STOPPING"].filter { message.1[$0] != nil }) }
+            #expect(keys == [["READY"], ["RELOADING"], ["READY"], ["RELOADING"], ["MAINPID", "READY"], ["STOPPING"]], "\(messages)")
+            #expect(messages.first { $0.1["MAINPID"] != nil }?.1["MAINPID"] == "\(successor)")
+            #expect(messages.first { $0.1["MAINPID"] != nil }?.0 == successor, "sent by the new supervisor itself")
+            #expect(messages.allSatisfy { $0.1["STATUS"] != nil })
+            #expect(eventually(timeout: .seconds(20)) { !Kernel.processExists(successor) })
+        }
+
+        static func isZombie(_ pid: pid_t) -> Bool {
+            let stat = String(decoding: (try? Kernel.readFile("/proc/\(pid)/stat")) ?? [], as: UTF8.self)
+            guard let close = stat.lastIndex(of: ")") else { return true }
+            return stat[stat.index(close, offsetBy: 2)] == "Z"
+        }
+    }
+}
