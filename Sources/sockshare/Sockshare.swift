@@ -16,7 +16,7 @@ struct Sockshare: AsyncParsableCommand {
             with a non-zero exit status; usage errors exit with 64.
             """,
         version: "0.1.0",
-        subcommands: [Demo.self, Share.self, Adopt.self, Inspect.self, Bind.self, BrokerCommand.self, Status.self, Revoke.self, Serve.self, Reload.self, Upgrade.self]
+        subcommands: [Demo.self, Share.self, Adopt.self, Inspect.self, Bind.self, BrokerCommand.self, Status.self, Revoke.self, Serve.self, Reload.self, Upgrade.self, Who.self]
     )
 
     /// Parses and runs the command, printing usage errors as one line:

@@ -8,9 +8,12 @@
 
 import Glibc
 import SocketShare
+import Synchronization
 
 nonisolated(unsafe) var slots: [Int: SocketDescriptor] = [:]
 nonisolated(unsafe) var nextSlot = 1
+nonisolated(unsafe) var selection: EventSelection? = nil
+let records = Mutex<[String]>([])
 
 func answer(_ words: [String]) {
     let line = words.joined(separator: " ") + "\n"
@@ -191,6 +194,30 @@ func run(_ words: [String]) async throws -> [String] {
         return ["\(fds.count)"]
     case "stop-sharing":
         SocketShare.stopSharing()
+        return []
+    case "select":
+        // select SLOT EVENTS [coop]: records arrive in the background; `records` lists them.
+        guard let events = NetworkEvents(names: words[2]) else { throw HelperFailure(text: "bad events \(words[2])") }
+        selection = try EventSelection(try slot(words[1]), events: events, cooperative: words.count > 3 && words[3] == "coop") { record in
+            records.withLock { $0.append("\(record)".replacingSpaces) }
+        }
+        return []
+    case "records":
+        return records.withLock { $0 }
+    case "wait-record":
+        // wait-record TEXT: until a record with that description (spaces as _) arrived, at most 10 s.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !records.withLock({ $0.contains(words[1]) }) {
+            guard ContinuousClock.now < deadline else { throw HelperFailure(text: "no record \(words[1]); have \(records.withLock { $0 })") }
+            usleep(2_000)
+        }
+        return []
+    case "sel-receive":
+        guard let selection else { throw HelperFailure(text: "no selection") }
+        return [hex(try selection.receive())]
+    case "unselect":
+        selection?.cancel()
+        selection = nil
         return []
     case "exit":
         exit(CInt(words[1]) ?? 0)
