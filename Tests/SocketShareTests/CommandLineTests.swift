@@ -63,6 +63,17 @@ extension SocketShareTests {
     @Suite struct ForeignClientTests {
         init() { TestEnvironment.prepare() }
 
+        /// One whole line a child printed (it may arrive in pieces), within 20 s.
+        static func line(from socket: SocketDescriptor) throws -> String {
+            var bytes: [UInt8] = []
+            while !bytes.contains(UInt8(ascii: "\n")), try socket.waitUntilReadable(deadline: .now + .seconds(20)) {
+                let chunk = try socket.receive()
+                if chunk.isEmpty { break }
+                bytes += chunk
+            }
+            return String(decoding: bytes, as: UTF8.self)
+        }
+
         @Test(arguments: [("PROTOCOL.md", "claim.py"), ("PROTOCOL.md", "deposit.py"), ("WORKERS.md", "worker.py")])
         func theDocumentedPythonClientsAreTheTestedOnes(_ page: String, _ name: String) throws {
             let document = String(decoding: try Kernel.readFile(CommandLineTests.scripts + "/../../docs/" + page), as: UTF8.self)
@@ -103,8 +114,7 @@ extension SocketShareTests {
             let token = try broker.client.deposit(socket.rawValue, for: try ProcessIdentity(pid: python.pid))
             try socket.close()
             try inWrite.sendAll(Array((token.text + "\n").utf8))
-            #expect(try outRead.waitUntilReadable(deadline: .now + .seconds(20)))
-            let line = String(decoding: try outRead.receive(), as: UTF8.self)
+            let line = try Self.line(from: outRead)
             #expect(line.hasPrefix("claimed AF_INET6 SOCK_DGRAM ('::1'"), "\(line)")
             #expect(try python.wait(deadline: .now + .seconds(20)) == .exited(0))
             #expect(eventually { (try? broker.client.list().isEmpty) == true }, "Python acknowledged")
@@ -122,8 +132,7 @@ extension SocketShareTests {
             let listener = try SocketDescriptor.listening(on: .ipv4(host: "127.0.0.1", port: 0))
             let token = try SocketShare.duplicate(listener, for: python.pid)
             try inWrite.sendAll(Array((token.text + "\n").utf8))
-            #expect(try outRead.waitUntilReadable(deadline: .now + .seconds(20)))
-            let line = String(decoding: try outRead.receive(), as: UTF8.self)
+            let line = try Self.line(from: outRead)
             let port = try listener.socketDescription().localAddress.port!
             #expect(line.hasPrefix("claimed AF_INET SOCK_STREAM ('127.0.0.1', \(port))"), "\(line)")
             #expect(try python.wait(deadline: .now + .seconds(20)) == .exited(0))
