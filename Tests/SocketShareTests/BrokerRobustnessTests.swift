@@ -102,11 +102,12 @@ extension SocketShareTests {
             try channel.send(EscrowMessage.claim(shareID: token.shareID, secret: Self.secret(token)).bytes)
             let reply = try #require(try channel.receive(deadline: .now + .seconds(5)))
             #expect(try EscrowMessage(bytes: reply.bytes) == .claimed(shareID: token.shareID))
-            #expect(try reply.descriptors.first?.isSameSocket(as: socket) == true)
+            let handed = reply.takeDescriptors()
+            #expect(try handed.first?.isSameSocket(as: socket) == true)
             // While it is handed out and unacknowledged, another claim waits its turn.
             let second = #expect(throws: SocketShareError.self) { try SocketShare.adopt(token) }
             #expect(second?.detail.contains("awaits its acknowledgement") == true)
-            reply.closeDescriptors()
+            for descriptor in handed { try descriptor.close() }
             try channel.close()
             #expect(eventually { broker.log.contains("claimable again") })
             let adopted = try SocketShare.adopt(token)

@@ -13,17 +13,19 @@ extension SocketShareTests {
             try left.send(Array("none".utf8))
             let first = try #require(try right.receive(deadline: .now + .seconds(5)))
             #expect(String(decoding: first.bytes, as: UTF8.self) == "three")
-            #expect(first.descriptors.count == 3)
-            for (sent, received) in zip(sockets, first.descriptors) {
+            #expect(first.descriptorCount == 3)
+            let arrived = first.takeDescriptors()
+            #expect(first.takeDescriptors().isEmpty, "taken once")
+            for (sent, received) in zip(sockets, arrived) {
                 #expect(try sent.isSameSocket(as: received))
                 #expect(received.rawValue != sent.rawValue)
                 #expect(received.isCloseOnExec)
             }
             let second = try #require(try right.receive(deadline: .now + .seconds(5)))
-            #expect(String(decoding: second.bytes, as: UTF8.self) == "none" && second.descriptors.isEmpty)
+            #expect(String(decoding: second.bytes, as: UTF8.self) == "none" && second.descriptorCount == 0)
             try left.close()
             #expect(try right.receive(deadline: .now + .seconds(5)) == nil, "end of channel")
-            first.closeDescriptors()
+            for descriptor in arrived { try descriptor.close() }
         }
 
         @Test func refusesBadSends() throws {

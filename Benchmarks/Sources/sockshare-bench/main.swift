@@ -14,6 +14,14 @@
 //     failed: the connection ended without a complete 200 answer; reset: ECONNRESET; refused:
 //     ECONNREFUSED; timedOut: no answer within 10 s.
 //
+//   sockshare-bench channel [--per-message N] [--count MESSAGES]
+//     DescriptorChannel throughput between two processes: MESSAGES messages of N descriptors each;
+//     the receiver closes what arrives and answers once at the end. Prints fds_per_s.
+//
+//   sockshare-bench pidfd [--count N]
+//     SocketShare.adopt of pidfd tokens (pidfd_open, pidfd_getfd, inode check, acknowledgement to the
+//     holder): a child makes N shares for this process; each adopt is timed. Prints p50_us p99_us.
+//
 //   sockshare-bench roundtrip [--count N] [--via sharer|pidfd]
 //     share/adopt round trip between two processes: the source duplicates a socket for the target,
 //     passes the token on a socketpair, the target adopts it, closes it and says "done".
@@ -35,6 +43,7 @@ struct Arguments {
     var threads = 4
     var seconds = 10.0
     var countGiven = false
+    var perMessage = 1
 
     init(_ words: [String]) {
         var words = words[...]
@@ -48,6 +57,7 @@ struct Arguments {
             case "--role": role = words.popFirst() ?? role
             case "--shares": shares = Int(words.popFirst() ?? "") ?? shares
             case "--address": address = words.popFirst() ?? address
+            case "--per-message": perMessage = Int(words.popFirst() ?? "") ?? perMessage
             case "--threads": threads = Int(words.popFirst() ?? "") ?? threads
             case "--seconds": seconds = Double(words.popFirst() ?? "") ?? seconds
             default:
@@ -190,6 +200,77 @@ func runBroker(_ arguments: Arguments) throws {
     print("| memory per held share | \(String(format: Double(after - before) * 1024 / Double(max(held, 1)))) bytes |")
 }
 
+func runChannel(_ arguments: Arguments) throws {
+    let (mine, theirs) = try SocketDescriptor.pair(kind: .seqpacket)
+    let child = try ProcessSpawner.spawn("/proc/self/exe", arguments: ["channel", "--role", "target"], descriptors: [3: theirs.rawValue])
+    try theirs.close()
+    let channel = DescriptorChannel(mine)
+    let socket = try SocketDescriptor.socket(.inet, .datagram)
+    let descriptors = [CInt](repeating: socket.rawValue, count: arguments.perMessage)
+    let messages = arguments.countGiven ? arguments.count : (arguments.perMessage == 1 ? 200_000 : 5_000)
+    let start = ContinuousClock.now
+    for _ in 0..<messages { try channel.send([1], descriptors: descriptors) }
+    try channel.send([2])  // the end
+    _ = try channel.receive(maximumBytes: 16)
+    let elapsed = microseconds(ContinuousClock.now - start) / 1e6
+    try channel.close()
+    _ = try child.wait()
+    print("fds_per_s \(Int(Double(messages * arguments.perMessage) / elapsed))")
+}
+
+func channelTarget() throws {
+    let channel = DescriptorChannel(SocketDescriptor(taking: 3))
+    while let message = try channel.receive(maximumBytes: 16) {
+        message.closeDescriptors()
+        if message.bytes == [2] { try channel.send([1]) }
+    }
+}
+
+func runPidfd(_ arguments: Arguments) throws {
+    let count = arguments.countGiven ? arguments.count : 3000
+    let (mine, theirs) = try SocketDescriptor.pair()
+    let child = try ProcessSpawner.spawn(
+        "/proc/self/exe", arguments: ["pidfd", "--role", "target", "--count", "\(count)"], descriptors: [1: theirs.rawValue])
+    try theirs.close()
+    var buffer: [UInt8] = []
+    var tokens: [ShareToken] = []
+    while tokens.count < count, try mine.waitUntilReadable(deadline: .now + .seconds(60)) {
+        let chunk = try mine.receive()
+        if chunk.isEmpty { break }
+        buffer += chunk
+        while let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
+            tokens.append(try ShareToken(text: String(decoding: buffer[..<newline], as: UTF8.self)))
+            buffer.removeSubrange(...newline)
+        }
+    }
+    var samples: [Double] = []
+    for token in tokens {
+        let start = ContinuousClock.now
+        let socket = try SocketShare.adopt(token)
+        samples.append(microseconds(ContinuousClock.now - start))
+        try socket.close()
+    }
+    try mine.close()
+    _ = try child.wait()
+    samples.sort()
+    print("p50_us \(String(format: percentile(samples, 0.5))) p99_us \(String(format: percentile(samples, 0.99)))")
+}
+
+/// Makes `count` pidfd shares of one socket for the parent, prints their tokens, and holds them
+/// until the parent closes stdout's other end.
+func pidfdHolder(_ arguments: Arguments) throws {
+    let socket = try SocketDescriptor.socket(.inet, .stream)
+    var lines = ""
+    for _ in 0..<arguments.count {
+        lines += try SocketShare.duplicate(socket, for: getppid(), options: ShareOptions(via: .pidfd, timeToLive: .seconds(600))).text + "\n"
+    }
+    let out = SocketDescriptor(taking: 1)
+    try out.sendAll(Array(lines.utf8))
+    _ = try out.waitUntilReadable(deadline: .now + .seconds(600))
+    _ = out.release()
+    SocketShare.stopSharing()
+}
+
 /// The load client's tally.
 final class Tally: @unchecked Sendable {
     let lock = Mutex<[String: Int]>([:])
@@ -277,6 +358,10 @@ do {
     case ("roundtrip", _): try runRoundTrip(arguments)
     case ("broker", _): try runBroker(arguments)
     case ("load", _): try runLoad(arguments)
+    case ("channel", "target"): try channelTarget()
+    case ("channel", _): try runChannel(arguments)
+    case ("pidfd", "target"): try pidfdHolder(arguments)
+    case ("pidfd", _): try runPidfd(arguments)
     default:
         FileHandle.standardError("sockshare-bench: unknown command \(arguments.command) (roundtrip)")
         exit(64)

@@ -72,29 +72,31 @@ extension EscrowHolder {
             guard let first = try channel.receive(maximumBytes: EscrowMessage.maximumReplyLength, deadline: deadline) else {
                 throw SocketShareError(.holderGone, operation: "take over", detail: "the running broker closed the connection")
             }
-            owned += first.descriptors
+            let firstDescriptors = first.takeDescriptors()
+            owned += firstDescriptors
             let count: UInt32
             switch try EscrowMessage(bytes: first.bytes) {
-            case .takeoverListener(let shareCount) where first.descriptors.count == 1:
+            case .takeoverListener(let shareCount) where firstDescriptors.count == 1:
                 count = shareCount
             case .failure(let code, let text):
                 throw SocketShareError(code.code, operation: "take over", detail: text)
             default:
                 throw SocketShareError(.protocolViolation, operation: "take over", detail: "unexpected first message")
             }
-            let listener = first.descriptors[0]
+            let listener = firstDescriptors[0]
             var received: [(TransferredShare, SocketDescriptor)] = []
             while received.count < Int(count) {
                 guard let message = try channel.receive(maximumBytes: EscrowMessage.maximumReplyLength, deadline: deadline) else {
                     throw SocketShareError(
                         .holderGone, operation: "take over", detail: "the running broker closed after \(received.count) of \(count) shares")
                 }
-                owned += message.descriptors
+                let descriptors = message.takeDescriptors()
+                owned += descriptors
                 guard case .takeoverShares(let shares) = try EscrowMessage(bytes: message.bytes),
-                      shares.count == message.descriptors.count else {
+                      shares.count == descriptors.count else {
                     throw SocketShareError(.protocolViolation, operation: "take over", detail: "a share batch without its descriptors")
                 }
-                received += zip(shares, message.descriptors).map { ($0, $1) }
+                received += zip(shares, descriptors).map { ($0, $1) }
             }
             let firstID = (received.map(\.0.id).max() ?? 0) &+ 1
             let holder = try EscrowHolder(configuration: configuration, listener: listener, firstID: firstID > 1 ? firstID : nil)

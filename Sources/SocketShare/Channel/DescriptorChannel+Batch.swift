@@ -37,14 +37,15 @@ extension DescriptorChannel {
                         .holderGone, operation: "receive batch",
                         detail: "the peer closed after \(collected.count) of \(expected.map(String.init) ?? "?") descriptors")
                 }
-                collected.append(contentsOf: message.descriptors)
+                let arrived = message.takeDescriptors()
+                collected.append(contentsOf: arrived)
                 var reader = ByteReader(message.bytes, operation: "receive batch")
                 let marker: UInt8 = try reader.read(field: "marker")
                 let total = Int(try reader.read(UInt32.self, field: "total"))
                 let offset = Int(try reader.read(UInt32.self, field: "offset"))
                 try reader.expectEnd("a batch header")
                 guard marker == Self.batchMarker, expected == nil || expected == total,
-                      offset == collected.count - message.descriptors.count,
+                      offset == collected.count - arrived.count,
                       collected.count <= total else {
                     throw SocketShareError(
                         .protocolViolation, operation: "receive batch",

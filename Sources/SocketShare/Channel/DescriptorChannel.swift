@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// A connected `SOCK_SEQPACKET` Unix socket that carries messages of bytes plus descriptors.
 ///
@@ -55,10 +56,12 @@ public final class DescriptorChannel: Sendable {
                 .invalidArgument, operation: "send",
                 detail: "\(descriptors.count) descriptors in one message; the limit is \(Self.maximumDescriptorsPerMessage) (use sendBatch)")
         }
+        // Without a deadline the kernel blocks for us; with one, MSG_DONTWAIT and poll bound the wait.
+        let flags = deadline == nil ? 0 : Kernel.dontWait
         while true {
             do throws(SocketShareError) {
                 _ = try bytes.withBytes { (buffer) throws(SocketShareError) in
-                    try Kernel.sendMessage(socket.rawValue, buffer, descriptors: descriptors, flags: Kernel.dontWait)
+                    try Kernel.sendMessage(socket.rawValue, buffer, descriptors: descriptors, flags: flags)
                 }
                 return
             } catch where error.errno?.rawValue == EAGAIN || error.errno?.rawValue == ENOBUFS {
@@ -78,16 +81,16 @@ public final class DescriptorChannel: Sendable {
             byteCount: maximumBytes, alignment: 16
         ) { buffer in
             Result { () throws(SocketShareError) -> ChannelMessage? in
+                let flags = deadline == nil ? 0 : Kernel.dontWait
                 while true {
                     let received = try Kernel.receiveMessage(
-                        socket.rawValue, into: buffer, maximumDescriptors: Self.maximumDescriptorsPerMessage, flags: Kernel.dontWait)
+                        socket.rawValue, into: buffer, maximumDescriptors: Self.maximumDescriptorsPerMessage, flags: flags)
                     guard let received else {
                         try waitUntil(POLLIN, deadline: deadline, operation: "receive")
                         continue
                     }
-                    let descriptors = received.descriptors.map { SocketDescriptor(taking: $0) }
-                    if received.byteCount == 0 && descriptors.isEmpty { return nil }
-                    return ChannelMessage(bytes: Array(buffer[0..<received.byteCount]), descriptors: descriptors)
+                    if received.byteCount == 0 && received.descriptors.isEmpty { return nil }
+                    return ChannelMessage(bytes: Array(buffer[0..<received.byteCount]), raw: received.descriptors)
                 }
             }
         }
@@ -104,20 +107,57 @@ public final class DescriptorChannel: Sendable {
 }
 
 /// One message received on a ``DescriptorChannel``: its bytes and the descriptors that came with it.
+///
+/// The message owns the descriptors (close-on-exec) until ``takeDescriptors()`` hands them out as
+/// ``SocketDescriptor``s, or ``closeDescriptors()`` closes them; any left when the last copy of the
+/// message goes away are closed then. Keeping them as plain numbers until asked saves an object per
+/// descriptor on the hot path of large batches.
 public struct ChannelMessage: Sendable {
     /// The message's bytes.
     public var bytes: [UInt8]
-    /// The descriptors that arrived with it, owned by this message (close-on-exec).
-    public var descriptors: [SocketDescriptor]
+    private let owned: ReceivedDescriptors
 
-    /// Creates a message.
+    /// Creates a message that owns `descriptors`.
     public init(bytes: [UInt8], descriptors: [SocketDescriptor]) {
-        self.bytes = bytes
-        self.descriptors = descriptors
+        self.init(bytes: bytes, raw: descriptors.map { $0.release() })
     }
 
-    /// Closes every descriptor the message carries.
-    public func closeDescriptors() {
-        for descriptor in descriptors { try? descriptor.close() }
+    init(bytes: [UInt8], raw: [CInt]) {
+        self.bytes = bytes
+        self.owned = ReceivedDescriptors(raw)
     }
+
+    /// How many descriptors came with the message (taken or not).
+    public var descriptorCount: Int { owned.count }
+
+    /// Hands the descriptors out, in the order they were sent; the caller owns them from now on.
+    /// Later calls return an empty array.
+    public func takeDescriptors() -> [SocketDescriptor] { owned.take() }
+
+    /// Closes every descriptor the message still owns.
+    public func closeDescriptors() { owned.close() }
+}
+
+/// The descriptors of a received message, as numbers, until taken or closed.
+final class ReceivedDescriptors: Sendable {
+    let count: Int
+    private let remaining: Mutex<[CInt]>
+
+    init(_ descriptors: [CInt]) {
+        count = descriptors.count
+        remaining = Mutex(descriptors)
+    }
+
+    func take() -> [SocketDescriptor] {
+        remaining.withLock { raw in
+            defer { raw.removeAll() }
+            return raw.map { SocketDescriptor(taking: $0) }
+        }
+    }
+
+    func close() {
+        for fd in remaining.withLock({ raw in defer { raw.removeAll() }; return raw }) { try? Kernel.close(fd) }
+    }
+
+    deinit { close() }
 }

@@ -43,6 +43,22 @@ public enum SocketAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The same text as ``description``, built without formatting machinery for IPv4 (it is made for
+    /// every connection a dispatcher hands out).
+    var text: String {
+        guard case .ipv4(let host, let port) = self else { return description }
+        var bytes = Array(host.utf8)
+        bytes.append(UInt8(ascii: ":"))
+        var digits: [UInt8] = []
+        var value = port
+        repeat {
+            digits.append(UInt8(ascii: "0") + UInt8(value % 10))
+            value /= 10
+        } while value > 0
+        bytes.append(contentsOf: digits.reversed())
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
     /// Parses a numeric IPv4 or IPv6 address and port.
     ///
     /// - Throws: ``SocketShareError`` with code `invalidArgument` when `host` is not a numeric address.
@@ -142,11 +158,17 @@ public enum SocketAddress: Hashable, Sendable, CustomStringConvertible {
         switch CInt(storage.ss_family) {
         case AF_INET:
             let address = withUnsafeBytes(of: &storage) { $0.load(as: sockaddr_in.self) }
-            var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
-            var raw = address.sin_addr
-            inet_ntop(AF_INET, &raw, &text, socklen_t(text.count))
-            self = .ipv4(host: String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self),
-                         port: UInt16(bigEndian: address.sin_port))
+            // Dotted quad by hand: inet_ntop formats through sprintf, which shows in profiles.
+            let octets = withUnsafeBytes(of: address.sin_addr.s_addr) { Array($0) }
+            var host: [UInt8] = []
+            host.reserveCapacity(15)
+            for (index, octet) in octets.enumerated() {
+                if index > 0 { host.append(UInt8(ascii: ".")) }
+                if octet >= 100 { host.append(UInt8(ascii: "0") + octet / 100) }
+                if octet >= 10 { host.append(UInt8(ascii: "0") + (octet / 10) % 10) }
+                host.append(UInt8(ascii: "0") + octet % 10)
+            }
+            self = .ipv4(host: String(decoding: host, as: UTF8.self), port: UInt16(bigEndian: address.sin_port))
         case AF_INET6:
             let address = withUnsafeBytes(of: &storage) { $0.load(as: sockaddr_in6.self) }
             var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))

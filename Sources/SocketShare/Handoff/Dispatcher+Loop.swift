@@ -48,6 +48,7 @@ extension Dispatcher {
         var accepted = 0
         var redispatched = 0
         var stopDeadline: ContinuousClock.Instant?
+        var lastPublished: ContinuousClock.Instant = .now - .seconds(1)
         var paused = false
         var frozen = false
         var detached = false
@@ -130,7 +131,11 @@ extension Dispatcher {
                 return false
             }
         }
-        publish(loop)
+        // Counters for status are refreshed at most every 5 ms under load, at once when idle.
+        if ContinuousClock.now - loop.lastPublished >= .milliseconds(5) {
+            publish(loop)
+            loop.lastPublished = .now
+        }
 
         let hasRoom = loop.stopDeadline == nil && !loop.paused && loop.workers.contains { $0.isEligible && $0.inFlight < configuration.maximumInFlightPerWorker }
         var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
@@ -145,7 +150,12 @@ extension Dispatcher {
                 deadline = min(deadline ?? oldest + configuration.stallTimeout, oldest + configuration.stallTimeout)
             }
         }
-        guard (try? Kernel.poll(&fds, deadline: deadline)) != nil else { return false }
+        if (try? Kernel.poll(&fds, deadline: .now)) == 0 {
+            // Nothing to do right now: publish before sleeping, so status is exact when idle.
+            publish(loop)
+            loop.lastPublished = .now
+            guard (try? Kernel.poll(&fds, deadline: deadline)) != nil else { return false }
+        }
 
         if fds[0].revents != 0 {
             var buffer = [UInt8](repeating: 0, count: 64)
@@ -179,7 +189,7 @@ extension Dispatcher {
             let socket = SocketDescriptor(taking: fd)
             let local = loop.localAddresses[index] ?? ((try? Kernel.localAddress(fd)).map { "\($0)" } ?? "")
             loop.waiting.append(Pending(
-                id: loop.nextID, socket: socket, listener: index, peer: peer.map { "\($0)" } ?? "", local: local))
+                id: loop.nextID, socket: socket, listener: index, peer: peer?.text ?? "", local: local))
             loop.nextID += 1
             loop.accepted += 1
             taken += 1
@@ -228,11 +238,18 @@ extension Dispatcher {
     private func choose(_ loop: inout Loop, extra: [ObjectIdentifier: (Worker, [Pending])]) -> Worker? {
         let limit = configuration.maximumInFlightPerWorker
         func load(_ worker: Worker) -> Int { worker.inFlight + (extra[ObjectIdentifier(worker)]?.1.count ?? 0) }
-        let candidates = loop.workers.filter { $0.isEligible && load($0) < limit }
-        guard !candidates.isEmpty else { return nil }
         switch configuration.policy {
         case .leastLoaded:
-            return candidates.min { load($0) < load($1) }
+            var best: Worker? = nil
+            var bestLoad = Int.max
+            for worker in loop.workers where worker.isEligible {
+                let current = load(worker)
+                if current < limit && current < bestLoad {
+                    best = worker
+                    bestLoad = current
+                }
+            }
+            return best
         case .roundRobin:
             for offset in 0..<loop.workers.count {
                 let worker = loop.workers[(loop.nextWorker + offset) % loop.workers.count]

@@ -147,8 +147,8 @@ public final class WorkerConnections: AsyncSequence, Sendable {
                 return
             }
             switch decoded {
-            case .connections(let handed) where handed.count == message.descriptors.count:
-                take(handed, message.descriptors, deliver)
+            case .connections(let handed) where handed.count == message.descriptorCount:
+                take(handed, message.takeDescriptors(), deliver)
             case .stop:
                 message.closeDescriptors()
                 return

@@ -26,29 +26,34 @@ extension Kernel {
         var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
         let dataLength = descriptors.count * MemoryLayout<CInt>.size
         let controlLength = descriptors.isEmpty ? 0 : cs_cmsg_space(dataLength)
-        let control = UnsafeMutableRawPointer.allocate(
-            byteCount: max(controlLength, 1), alignment: MemoryLayout<cmsghdr>.alignment)
-        defer { control.deallocate() }
-        control.initializeMemory(as: UInt8.self, repeating: 0, count: max(controlLength, 1))
-
-        return try withUnsafeMutablePointer(to: &iov) { (iovPointer) throws(SocketShareError) -> Int in
-            var message = msghdr()
-            message.msg_iov = iovPointer
-            message.msg_iovlen = 1
-            if !descriptors.isEmpty {
-                message.msg_control = control
-                message.msg_controllen = controlLength
-                let header = cs_cmsg_firsthdr(&message)!
-                header.pointee.cmsg_level = SOL_SOCKET
-                header.pointee.cmsg_type = rightsType
-                header.pointee.cmsg_len = cs_cmsg_len(dataLength)
-                let data = UnsafeMutableRawPointer(cs_cmsg_data(header)!)
-                for (index, descriptor) in descriptors.enumerated() {
-                    data.storeBytes(of: descriptor, toByteOffset: index * MemoryLayout<CInt>.size, as: CInt.self)
+        // The control buffer lives on the stack: one message's worth, built fresh each time.
+        let result = withUnsafeTemporaryAllocation(
+            byteCount: max(controlLength, 1), alignment: MemoryLayout<cmsghdr>.alignment
+        ) { control -> (Int, CInt) in
+            withUnsafeMutablePointer(to: &iov) { iovPointer -> (Int, CInt) in
+                var message = msghdr()
+                message.msg_iov = iovPointer
+                message.msg_iovlen = 1
+                if !descriptors.isEmpty {
+                    control.initializeMemory(as: UInt8.self, repeating: 0)
+                    message.msg_control = control.baseAddress
+                    message.msg_controllen = controlLength
+                    let header = cs_cmsg_firsthdr(&message)!
+                    header.pointee.cmsg_level = SOL_SOCKET
+                    header.pointee.cmsg_type = rightsType
+                    header.pointee.cmsg_len = cs_cmsg_len(dataLength)
+                    let data = UnsafeMutableRawPointer(cs_cmsg_data(header)!)
+                    descriptors.withUnsafeBytes { data.copyMemory(from: $0.baseAddress!, byteCount: dataLength) }
+                }
+                while true {
+                    let sent = Glibc.sendmsg(fd, &message, flags | noSignal)
+                    if sent >= 0 { return (sent, 0) }
+                    if Glibc.errno != EINTR { return (-1, Glibc.errno) }
                 }
             }
-            return try retrying("sendmsg") { Glibc.sendmsg(fd, &message, flags | noSignal) }
         }
+        if result.0 < 0 { throw SocketShareError.system("sendmsg", errno: result.1) }
+        return result.0
     }
 
     /// `recvmsg(2)` with `MSG_CMSG_CLOEXEC`, parsing every control header.
@@ -62,55 +67,58 @@ extension Kernel {
     ) throws(SocketShareError) -> ReceivedMessage? {
         var iov = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
         let controlLength = cs_cmsg_space(max(maximumDescriptors, 1) * MemoryLayout<CInt>.size)
-        let control = UnsafeMutableRawPointer.allocate(
-            byteCount: controlLength, alignment: MemoryLayout<cmsghdr>.alignment)
-        defer { control.deallocate() }
-        control.initializeMemory(as: UInt8.self, repeating: 0, count: controlLength)
-
-        return try withUnsafeMutablePointer(to: &iov) { (iovPointer) throws(SocketShareError) -> ReceivedMessage? in
-            var message = msghdr()
-            message.msg_iov = iovPointer
-            message.msg_iovlen = 1
-            message.msg_control = control
-            message.msg_controllen = controlLength
-            var count: Int
-            while true {
-                count = Glibc.recvmsg(fd, &message, flags | cmsgCloseOnExec)
-                if count >= 0 { break }
-                let error = Glibc.errno
-                if error == EINTR { continue }
-                if error == EAGAIN { return nil }
-                throw SocketShareError.system("recvmsg", errno: error)
-            }
-            var descriptors: [CInt] = []
-            var header = message.msg_controllen > 0 ? cs_cmsg_firsthdr(&message) : nil
-            while let current = header {
-                if current.pointee.cmsg_level == SOL_SOCKET && current.pointee.cmsg_type == rightsType {
-                    let payload = Int(current.pointee.cmsg_len) - cs_cmsg_len(0)
-                    let data = UnsafeRawPointer(cs_cmsg_data(current)!)
-                    for index in 0..<(max(payload, 0) / MemoryLayout<CInt>.size) {
-                        descriptors.append(
-                            data.loadUnaligned(fromByteOffset: index * MemoryLayout<CInt>.size, as: CInt.self))
-                    }
+        // On the stack, and not zeroed: the kernel says how much it filled (msg_controllen).
+        let outcome = withUnsafeTemporaryAllocation(
+            byteCount: controlLength, alignment: MemoryLayout<cmsghdr>.alignment
+        ) { control -> (ReceivedMessage?, CInt) in
+            withUnsafeMutablePointer(to: &iov) { iovPointer -> (ReceivedMessage?, CInt) in
+                var message = msghdr()
+                message.msg_iov = iovPointer
+                message.msg_iovlen = 1
+                message.msg_control = control.baseAddress
+                message.msg_controllen = controlLength
+                var count: Int
+                while true {
+                    count = Glibc.recvmsg(fd, &message, flags | cmsgCloseOnExec)
+                    if count >= 0 { break }
+                    let error = Glibc.errno
+                    if error == EINTR { continue }
+                    if error == EAGAIN { return (nil, 0) }
+                    return (nil, error)
                 }
-                header = cs_cmsg_nxthdr(&message, current)
+                var descriptors: [CInt] = []
+                var header = message.msg_controllen > 0 ? cs_cmsg_firsthdr(&message) : nil
+                while let current = header {
+                    if current.pointee.cmsg_level == SOL_SOCKET && current.pointee.cmsg_type == rightsType {
+                        let payload = Int(current.pointee.cmsg_len) - cs_cmsg_len(0)
+                        let data = UnsafeRawPointer(cs_cmsg_data(current)!)
+                        let found = max(payload, 0) / MemoryLayout<CInt>.size
+                        descriptors.reserveCapacity(descriptors.count + found)
+                        for index in 0..<found {
+                            descriptors.append(data.loadUnaligned(fromByteOffset: index * MemoryLayout<CInt>.size, as: CInt.self))
+                        }
+                    }
+                    header = cs_cmsg_nxthdr(&message, current)
+                }
+                return (ReceivedMessage(byteCount: count, descriptors: descriptors, flags: message.msg_flags), 0)
             }
-            let received = ReceivedMessage(byteCount: count, descriptors: descriptors, flags: message.msg_flags)
-            if message.msg_flags & controlTruncated != 0 {
-                for descriptor in descriptors { try? close(descriptor) }
-                throw SocketShareError(
-                    .limitReached, operation: "recvmsg",
-                    detail: "descriptors were cut off (MSG_CTRUNC): room for \(maximumDescriptors), "
-                        + "\(descriptors.count) arrived and were closed; the rest were lost")
-            }
-            if message.msg_flags & dataTruncated != 0 {
-                for descriptor in descriptors { try? close(descriptor) }
-                throw SocketShareError(
-                    .protocolViolation, operation: "recvmsg",
-                    detail: "message longer than \(buffer.count) bytes (MSG_TRUNC); its \(descriptors.count) "
-                        + "descriptors were closed")
-            }
-            return received
         }
+        if outcome.1 != 0 { throw SocketShareError.system("recvmsg", errno: outcome.1) }
+        guard let received = outcome.0 else { return nil }
+        if received.flags & controlTruncated != 0 {
+            for descriptor in received.descriptors { try? close(descriptor) }
+            throw SocketShareError(
+                .limitReached, operation: "recvmsg",
+                detail: "descriptors were cut off (MSG_CTRUNC): room for \(maximumDescriptors), "
+                    + "\(received.descriptors.count) arrived and were closed; the rest were lost")
+        }
+        if received.flags & dataTruncated != 0 {
+            for descriptor in received.descriptors { try? close(descriptor) }
+            throw SocketShareError(
+                .protocolViolation, operation: "recvmsg",
+                detail: "message longer than \(buffer.count) bytes (MSG_TRUNC); its \(received.descriptors.count) "
+                    + "descriptors were closed")
+        }
+        return received
     }
 }

@@ -187,8 +187,9 @@ extension EscrowHolder {
         }
         guard let message else { return false }
         connection.deadline = .now + configuration.requestTimeout
-        let answer = respond(to: message, from: connection, &loop)
-        message.closeDescriptors()
+        let descriptors = message.takeDescriptors()
+        let answer = respond(to: message.bytes, descriptors: descriptors, from: connection, &loop)
+        for descriptor in descriptors { try? descriptor.close() }
         switch answer {
         case .reply(let reply):
             return self.reply(connection, reply)

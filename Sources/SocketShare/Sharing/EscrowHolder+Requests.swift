@@ -15,15 +15,15 @@ extension EscrowHolder {
 
     /// Decides the answer to one message. Descriptors that came with it are closed by the caller
     /// once this returns (a deposit keeps its own duplicate).
-    func respond(to message: ChannelMessage, from connection: Connection, _ loop: inout LoopState) -> Answer {
-        if let version = message.bytes.first, version != EscrowMessage.version {
+    func respond(to bytes: [UInt8], descriptors: [SocketDescriptor], from connection: Connection, _ loop: inout LoopState) -> Answer {
+        if let version = bytes.first, version != EscrowMessage.version {
             return .replyAndClose(.failure(
                 .unsupportedVersion,
                 "protocol version \(version) is not supported; this holder speaks version \(EscrowMessage.version)"))
         }
         let request: EscrowMessage
         do throws(SocketShareError) {
-            request = try EscrowMessage(bytes: message.bytes)
+            request = try EscrowMessage(bytes: bytes)
         } catch {
             let kind: EscrowFailure = error.detail.contains("field type") ? .unknownMessage : .malformed
             return .replyAndClose(.failure(kind, error.detail))
@@ -32,11 +32,11 @@ extension EscrowHolder {
             return .replyAndClose(.failure(.unknownMessage, "that message is a reply; a holder does not accept it"))
         }
         if case .deposit = request {
-            guard message.descriptors.count == 1 else {
+            guard descriptors.count == 1 else {
                 return .replyAndClose(.failure(
-                    .malformed, "a deposit carries exactly one descriptor; \(message.descriptors.count) came (closed)"))
+                    .malformed, "a deposit carries exactly one descriptor; \(descriptors.count) came (closed)"))
             }
-        } else if !message.descriptors.isEmpty {
+        } else if !descriptors.isEmpty {
             return .replyAndClose(.failure(.malformed, "descriptors are not expected with this message; they were closed"))
         }
         switch request {
@@ -48,7 +48,7 @@ extension EscrowHolder {
             guard configuration.servesBrokerRequests else {
                 return .reply(.failure(.unknownMessage, "this holder is a sharer: it serves claims only"))
             }
-            return brokerRequest(request, descriptor: message.descriptors.first, from: connection, &loop)
+            return brokerRequest(request, descriptor: descriptors.first, from: connection, &loop)
         default:
             return .replyAndClose(.failure(.unknownMessage, "not a request"))
         }

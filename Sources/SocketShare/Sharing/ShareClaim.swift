@@ -22,8 +22,8 @@ enum ShareClaim {
                 throw error.within("claim", code: .protocolViolation, context: "reply")
             }
             switch message {
-            case .claimed(let id) where id == token.shareID && reply.descriptors.count == 1:
-                let descriptor = reply.descriptors[0]
+            case .claimed(let id) where id == token.shareID && reply.descriptorCount == 1:
+                let descriptor = reply.takeDescriptors()[0]
                 do throws(SocketShareError) {
                     try verify(descriptor, against: token)
                 } catch {
@@ -40,7 +40,7 @@ enum ShareClaim {
                 reply.closeDescriptors()
                 throw SocketShareError(
                     .protocolViolation, operation: "claim",
-                    detail: "unexpected reply with \(reply.descriptors.count) descriptors")
+                    detail: "unexpected reply with \(reply.descriptorCount) descriptors")
             }
         } catch {
             throw error.operation == "claim" ? error : error.within("claim")
