@@ -12,7 +12,8 @@ final class ProcessDescriptor: Sendable {
     let identity: ProcessIdentity
     /// The pidfd's inode when pidfds live on pidfs (Linux 6.9+): unique to one process for the
     /// system's uptime, unlike the start time, whose 10 ms ticks two quick processes can share.
-    let uniqueInode: UInt64?
+    /// Read when asked (two syscalls), since most users only need the pidfd.
+    var uniqueInode: UInt64? { Self.pidfsInode(rawValue) }
 
     /// Opens a pidfd for `pid` (`pidfd_open(2)`).
     ///
@@ -29,7 +30,6 @@ final class ProcessDescriptor: Sendable {
         }
         do throws(SocketShareError) {
             self.identity = try Self.verifiedIdentity(pidfd: fd, pid: pid)
-            self.uniqueInode = Self.pidfsInode(fd)
             self.rawValue = fd
         } catch {
             try? Kernel.close(fd)
@@ -42,7 +42,6 @@ final class ProcessDescriptor: Sendable {
     init(taking pidfd: CInt, pid: pid_t) throws(SocketShareError) {
         do throws(SocketShareError) {
             self.identity = try Self.verifiedIdentity(pidfd: pidfd, pid: pid)
-            self.uniqueInode = Self.pidfsInode(pidfd)
             self.rawValue = pidfd
         } catch {
             try? Kernel.close(pidfd)

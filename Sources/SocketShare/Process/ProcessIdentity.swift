@@ -40,15 +40,30 @@ public struct ProcessIdentity: Hashable, Sendable, CustomStringConvertible {
         let bytes: [UInt8]
         do throws(SocketShareError) {
             bytes = try Kernel.readFile("/proc/\(pid)/stat")
-        } catch {
+        } catch where error.errno?.rawValue == ENOENT || error.errno?.rawValue == ESRCH {
             throw SocketShareError(.invalidArgument, operation: "identify process", errno: error.errno, detail: "no process with pid \(pid)")
+        } catch {
+            throw error.within("identify process")
         }
         guard let close = bytes.lastIndex(of: UInt8(ascii: ")")) else {
             throw SocketShareError(.system, operation: "identify process", detail: "/proc/\(pid)/stat has no command field")
         }
-        // After ")": " S ppid ..." — field 3 (state) is the first; field 22 is the 20th.
-        let fields = bytes[(close + 1)...].split(separator: UInt8(ascii: " "))
-        guard fields.count >= 20, let value = UInt64(String(decoding: fields[fields.startIndex + 19], as: UTF8.self)) else {
+        // After ")": " S ppid ..." — each space starts the next field; field 3 (state) is the first,
+        // field 22 the 20th. Scanned in place: this runs on every share and claim.
+        var spaces = 0
+        var value: UInt64 = 0
+        var digits = 0
+        for byte in bytes[(close + 1)...] {
+            if byte == UInt8(ascii: " ") {
+                spaces += 1
+                if spaces > 20 { break }
+            } else if spaces == 20 {
+                guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9"), digits < 19 else { digits = 0; break }
+                value = value * 10 + UInt64(byte - UInt8(ascii: "0"))
+                digits += 1
+            }
+        }
+        guard digits > 0 else {
             throw SocketShareError(.system, operation: "identify process", detail: "/proc/\(pid)/stat field 22 is unreadable")
         }
         return value
@@ -59,14 +74,35 @@ public struct ProcessIdentity: Hashable, Sendable, CustomStringConvertible {
         let bytes: [UInt8]
         do throws(SocketShareError) {
             bytes = try Kernel.readFile("/proc/\(pid)/status")
-        } catch {
+        } catch where error.errno?.rawValue == ENOENT || error.errno?.rawValue == ESRCH {
             throw SocketShareError(.invalidArgument, operation: "identify process", errno: error.errno, detail: "no process with pid \(pid)")
+        } catch {
+            throw error.within("identify process")
         }
-        for line in bytes.split(separator: UInt8(ascii: "\n")) where line.starts(with: Array("Uid:".utf8)) {
-            let values = line.dropFirst(4).split(whereSeparator: { $0 == UInt8(ascii: "\t") || $0 == UInt8(ascii: " ") })
-            if values.count >= 2, let uid = UInt32(String(decoding: values[values.startIndex + 1], as: UTF8.self)) {
-                return uid
+        // The line reads "Uid:\treal\teffective\tsaved\tfs"; scanned in place (runs on every claim).
+        let key = Array("Uid:".utf8)
+        var index = bytes.startIndex
+        while index + key.count <= bytes.endIndex {
+            if (index == bytes.startIndex || bytes[index - 1] == UInt8(ascii: "\n")),
+               bytes[index..<(index + key.count)].elementsEqual(key) {
+                var cursor = index + key.count
+                var numbers: [UInt32] = []
+                while numbers.count < 2, cursor < bytes.endIndex, bytes[cursor] != UInt8(ascii: "\n") {
+                    while cursor < bytes.endIndex, bytes[cursor] == UInt8(ascii: "\t") || bytes[cursor] == UInt8(ascii: " ") { cursor += 1 }
+                    var value: UInt64 = 0
+                    var digits = 0
+                    while cursor < bytes.endIndex, bytes[cursor] >= UInt8(ascii: "0"), bytes[cursor] <= UInt8(ascii: "9"), digits < 11 {
+                        value = value * 10 + UInt64(bytes[cursor] - UInt8(ascii: "0"))
+                        digits += 1
+                        cursor += 1
+                    }
+                    guard digits > 0, value <= UInt64(UInt32.max) else { break }
+                    numbers.append(UInt32(value))
+                }
+                if numbers.count == 2 { return numbers[1] }
+                break
             }
+            index += 1
         }
         throw SocketShareError(.system, operation: "identify process", detail: "/proc/\(pid)/status has no Uid line")
     }

@@ -16,8 +16,15 @@ public struct ShareSecret: Hashable, Sendable, CustomStringConvertible {
 
     /// A new secret from the system's cryptographically secure generator (`getrandom(2)`).
     public static func random() -> ShareSecret {
+        // One getrandom(2) for the whole secret, rather than one per byte.
         var generator = SystemRandomNumberGenerator()
-        return ShareSecret(bytes: (0..<byteCount).map { _ in generator.next() })!
+        var bytes = [UInt8](repeating: 0, count: byteCount)
+        for offset in stride(from: 0, to: byteCount, by: 8) {
+            withUnsafeBytes(of: generator.next() as UInt64) { word in
+                for index in 0..<min(8, byteCount - offset) { bytes[offset + index] = word[index] }
+            }
+        }
+        return ShareSecret(bytes: bytes)!
     }
 
     /// Constant-time equality, so response timing does not reveal how much of a guess was right.

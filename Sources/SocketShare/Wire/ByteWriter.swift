@@ -52,11 +52,12 @@ struct ByteReader {
         return Array(bytes[offset...])
     }
 
-    /// Throws unless every byte has been read.
-    func expectEnd(_ what: String) throws(SocketShareError) {
+    /// Throws unless every byte has been read. `what` is built only when that fails: these
+    /// decoders run on every message, and describing a value is costly.
+    func expectEnd(_ what: @autoclosure () -> String) throws(SocketShareError) {
         guard remaining == 0 else {
             throw SocketShareError(
-                .malformed, operation: operation, detail: "\(remaining) unexpected bytes after \(what)")
+                .malformed, operation: operation, detail: "\(remaining) unexpected bytes after \(what())")
         }
     }
 
