@@ -129,6 +129,22 @@ extension SocketShareTests {
                 #expect(throws: SocketShareError.self) { try WorkerMessage(bytes: bytes) }
             }
         }
+
+        /// Found by Fuzz/run: text that is not UTF-8 decoded lossily and then no longer fit its field.
+        @Test func workerMessageTextMustBeUTF8AndLongNamesAreCutAtACharacter() throws {
+            // connections, 1 connection, id 1, listener "ab", peer "\u{85}" (a lone continuation byte)
+            let invalid: [UInt8] = [1, 0x21, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0x61, 0x62, 1, 0x85, 0]
+            #expect { try WorkerMessage(bytes: invalid) } throws: { error in
+                (error as? SocketShareError)?.detail.contains("peerAddress: not UTF-8") == true
+            }
+            let long = String(repeating: "é", count: 200)  // 400 bytes: cut to 254, not mid-character
+            let message = WorkerMessage.connections([HandedConnection(id: 1, listenerName: long, peerAddress: "p", localAddress: "l")])
+            guard case .connections(let decoded) = try WorkerMessage(bytes: message.bytes) else {
+                Issue.record("not a connections message")
+                return
+            }
+            #expect(decoded[0].listenerName == String(repeating: "é", count: 127))
+        }
     }
 }
 

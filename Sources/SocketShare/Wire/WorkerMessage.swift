@@ -120,7 +120,13 @@ struct HandedConnection: Equatable, Sendable {
     func write(to writer: inout ByteWriter) {
         writer.write(id)
         for text in [listenerName, peerAddress, localAddress] {
-            let bytes = Array(text.utf8.prefix(255))
+            // At most 255 bytes, cut where a character starts so that the receiver gets UTF-8.
+            var bytes = Array(text.utf8.prefix(256))
+            if bytes.count > 255 {
+                var end = 255
+                while end > 0, bytes[end] & 0xC0 == 0x80 { end -= 1 }
+                bytes.removeSubrange(end...)
+            }
             writer.write(UInt8(bytes.count))
             writer.write(bytes)
         }
@@ -137,7 +143,10 @@ struct HandedConnection: Equatable, Sendable {
         id = try reader.read(field: "id")
         func text(_ field: String) throws(SocketShareError) -> String {
             let length = Int(try reader.read(UInt8.self, field: "\(field)Length"))
-            return String(decoding: try reader.readBytes(length, field: field), as: UTF8.self)
+            guard let text = String(validating: try reader.readBytes(length, field: field), as: UTF8.self) else {
+                throw reader.invalid(field, "not UTF-8")
+            }
+            return text
         }
         listenerName = try text("listenerName")
         peerAddress = try text("peerAddress")

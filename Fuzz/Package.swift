@@ -1,0 +1,19 @@
+// swift-tools-version: 6.1
+// The fuzzers: libFuzzer harnesses for the decoders that read untrusted input. Built only by
+// `Fuzz/run` (with -sanitize=fuzzer,address: libFuzzer supplies `main`), never by `swift build` of
+// the main package.
+import PackageDescription
+
+let harness = ["token", "escrow", "worker"]
+
+let package = Package(
+    name: "SocketShareFuzz",
+    dependencies: [.package(name: "SocketShare", path: "..")],
+    targets: harness.map { name in
+        .executableTarget(
+            name: "fuzz-\(name)",
+            dependencies: [.product(name: "SocketShare", package: "SocketShare")],
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]
+        )
+    }
+)
