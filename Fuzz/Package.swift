@@ -9,10 +9,12 @@ let harness = ["token", "escrow", "worker"]
 let package = Package(
     name: "SocketShareFuzz",
     dependencies: [.package(name: "SocketShare", path: "..")],
-    targets: harness.map { name in
+    targets: [
+        .target(name: "FuzzSupport", dependencies: [.product(name: "SocketShare", package: "SocketShare")]),
+    ] + harness.map { name in
         .executableTarget(
             name: "fuzz-\(name)",
-            dependencies: [.product(name: "SocketShare", package: "SocketShare")],
+            dependencies: ["FuzzSupport", .product(name: "SocketShare", package: "SocketShare")],
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]
         )
     }
