@@ -37,14 +37,7 @@ public struct ProcessIdentity: Hashable, Sendable, CustomStringConvertible {
     /// Field 22 of `/proc/PID/stat`. The command name (field 2) may hold spaces and parentheses,
     /// so fields are counted after the last `)`.
     static func startTime(of pid: pid_t) throws(SocketShareError) -> UInt64 {
-        let bytes: [UInt8]
-        do throws(SocketShareError) {
-            bytes = try Kernel.readFile("/proc/\(pid)/stat")
-        } catch where error.errno?.rawValue == ENOENT || error.errno?.rawValue == ESRCH {
-            throw SocketShareError(.invalidArgument, operation: "identify process", errno: error.errno, detail: "no process with pid \(pid)")
-        } catch {
-            throw error.within("identify process")
-        }
+        let bytes = try procFile(pid, "stat")
         guard let close = bytes.lastIndex(of: UInt8(ascii: ")")) else {
             throw SocketShareError(.system, operation: "identify process", detail: "/proc/\(pid)/stat has no command field")
         }
@@ -71,39 +64,25 @@ public struct ProcessIdentity: Hashable, Sendable, CustomStringConvertible {
 
     /// The effective uid of process `pid` (`/proc/PID/status`, line `Uid:`, second value).
     static func effectiveUserID(of pid: pid_t) throws(SocketShareError) -> uid_t {
-        let bytes: [UInt8]
+        let bytes = try procFile(pid, "status")
+        // The line reads "Uid:\treal\teffective\tsaved\tfs" and is never the first one.
+        if let found = bytes.firstRange(of: Array("\nUid:".utf8)) {
+            let line = bytes[found.upperBound...].prefix { $0 != UInt8(ascii: "\n") }
+            let values = line.split(whereSeparator: { $0 == UInt8(ascii: "\t") || $0 == UInt8(ascii: " ") })
+            if values.count >= 2, let uid = UInt32(String(decoding: values[1], as: UTF8.self)) { return uid }
+        }
+        throw SocketShareError(.system, operation: "identify process", detail: "/proc/\(pid)/status has no Uid line")
+    }
+
+    /// `/proc/PID/NAME`; a vanished process is `invalidArgument` naming the pid, anything else (such as
+    /// running out of descriptors) keeps its own errno.
+    private static func procFile(_ pid: pid_t, _ name: String) throws(SocketShareError) -> [UInt8] {
         do throws(SocketShareError) {
-            bytes = try Kernel.readFile("/proc/\(pid)/status")
+            return try Kernel.readFile("/proc/\(pid)/\(name)")
         } catch where error.errno?.rawValue == ENOENT || error.errno?.rawValue == ESRCH {
             throw SocketShareError(.invalidArgument, operation: "identify process", errno: error.errno, detail: "no process with pid \(pid)")
         } catch {
             throw error.within("identify process")
         }
-        // The line reads "Uid:\treal\teffective\tsaved\tfs"; scanned in place (runs on every claim).
-        let key = Array("Uid:".utf8)
-        var index = bytes.startIndex
-        while index + key.count <= bytes.endIndex {
-            if (index == bytes.startIndex || bytes[index - 1] == UInt8(ascii: "\n")),
-               bytes[index..<(index + key.count)].elementsEqual(key) {
-                var cursor = index + key.count
-                var numbers: [UInt32] = []
-                while numbers.count < 2, cursor < bytes.endIndex, bytes[cursor] != UInt8(ascii: "\n") {
-                    while cursor < bytes.endIndex, bytes[cursor] == UInt8(ascii: "\t") || bytes[cursor] == UInt8(ascii: " ") { cursor += 1 }
-                    var value: UInt64 = 0
-                    var digits = 0
-                    while cursor < bytes.endIndex, bytes[cursor] >= UInt8(ascii: "0"), bytes[cursor] <= UInt8(ascii: "9"), digits < 11 {
-                        value = value * 10 + UInt64(bytes[cursor] - UInt8(ascii: "0"))
-                        digits += 1
-                        cursor += 1
-                    }
-                    guard digits > 0, value <= UInt64(UInt32.max) else { break }
-                    numbers.append(UInt32(value))
-                }
-                if numbers.count == 2 { return numbers[1] }
-                break
-            }
-            index += 1
-        }
-        throw SocketShareError(.system, operation: "identify process", detail: "/proc/\(pid)/status has no Uid line")
     }
 }

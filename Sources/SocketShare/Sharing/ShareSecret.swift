@@ -16,7 +16,7 @@ public struct ShareSecret: Hashable, Sendable, CustomStringConvertible {
 
     /// A new secret from the system's cryptographically secure generator (`getrandom(2)`).
     public static func random() -> ShareSecret {
-        // One getrandom(2) for the whole secret, rather than one per byte.
+        // One getrandom(2) per 8 bytes, rather than one per byte.
         var generator = SystemRandomNumberGenerator()
         var bytes = [UInt8](repeating: 0, count: byteCount)
         for offset in stride(from: 0, to: byteCount, by: 8) {
