@@ -73,6 +73,7 @@ extension EscrowHolder {
             let token = try deposit(
                 try received.duplicate(), description: description, target: target, mechanism: .broker,
                 timeToLive: ttl, depositor: depositor, depositorUID: connection.peer.uid)
+            FaultPoint.reached("holder.deposit.beforeReply")
             return .reply(.deposited(token: token.bytes))
         } catch {
             let code: EscrowFailure = error.code == .limitReached ? .limitReached : .internalError

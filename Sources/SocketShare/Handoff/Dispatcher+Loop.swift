@@ -194,7 +194,10 @@ extension Dispatcher {
             loop.accepted += 1
             taken += 1
         }
-        if taken > 0 { dispatchWaiting(&loop) }
+        if taken > 0 {
+            FaultPoint.reached("dispatch.afterAccept")
+            dispatchWaiting(&loop)
+        }
     }
 
     /// Sends waiting connections to workers with room, batched per worker.
@@ -219,6 +222,7 @@ extension Dispatcher {
                 })
                 do throws(SocketShareError) {
                     try worker.channel.send(message.bytes, descriptors: slice.map(\.socket.rawValue), deadline: .now)
+                    FaultPoint.reached("dispatch.afterSend")
                     let now = ContinuousClock.now
                     for var pending in slice {
                         pending.sentAt = now

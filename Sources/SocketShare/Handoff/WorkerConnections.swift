@@ -175,6 +175,7 @@ public final class WorkerConnections: AsyncSequence, Sendable {
                     reportLoad(force: false)
                 }))
         }
+        FaultPoint.reached("worker.beforeAcknowledge")
         let now = state.active.add(taken.count, ordering: .relaxed).newValue
         state.received.add(taken.count, ordering: .relaxed)
         if !refused.isEmpty { try? channel.send(WorkerMessage.refused(refused).bytes, deadline: .now + .seconds(5)) }

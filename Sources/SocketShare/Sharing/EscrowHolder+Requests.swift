@@ -75,10 +75,12 @@ extension EscrowHolder {
             guard entry.deadline > .now else {
                 return .reply(.failure(.expired, "the share expired"))
             }
+            FaultPoint.reached("holder.claim.beforeSend")
             // Sent under the lock so that no revoke or expiry can close the descriptor mid-send.
             guard reply(connection, .claimed(shareID: id), descriptors: [entry.descriptor.rawValue]) else {
                 return .silent
             }
+            FaultPoint.reached("holder.claim.afterSend")
             state.entries[id]?.offeredTo = ObjectIdentifier(connection)
             connection.offered = id
             return .handedOut

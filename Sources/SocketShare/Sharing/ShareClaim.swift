@@ -8,8 +8,10 @@ enum ShareClaim {
     ) throws(SocketShareError) -> SocketDescriptor {
         let channel = try connect(to: token)
         defer { try? channel.close() }
+        FaultPoint.reached("claim.afterConnect")
         do throws(SocketShareError) {
             try channel.send(EscrowMessage.claim(shareID: token.shareID, secret: secret).bytes, deadline: deadline)
+            FaultPoint.reached("claim.afterRequest")
             guard let reply = try channel.receive(maximumBytes: EscrowMessage.maximumRequestLength, deadline: deadline) else {
                 throw SocketShareError(
                     .holderGone, operation: "claim", detail: "the holder closed the connection without answering")
@@ -24,6 +26,7 @@ enum ShareClaim {
             switch message {
             case .claimed(let id) where id == token.shareID && reply.descriptorCount == 1:
                 let descriptor = reply.takeDescriptors()[0]
+                FaultPoint.reached("claim.afterReceive")
                 do throws(SocketShareError) {
                     try verify(descriptor, against: token)
                 } catch {
@@ -90,6 +93,7 @@ enum ShareClaim {
             }
         }
         let descriptor = SocketDescriptor(taking: raw)
+        FaultPoint.reached("pull.afterPull")
         do throws(SocketShareError) {
             try verify(descriptor, against: token)
         } catch {

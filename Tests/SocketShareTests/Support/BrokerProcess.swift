@@ -13,7 +13,7 @@ final class BrokerProcess {
     /// until it answers.
     init(
         arguments: [String] = [], directory: String? = nil, takeover: Bool = false, wrapper: [String] = [],
-        logLevel: String = "debug"
+        logLevel: String = "debug", environment: [String: String]? = nil
     ) throws {
         let base = directory ?? Self.freshDirectory()
         socketPath = base + "/broker.sock"
@@ -25,7 +25,7 @@ final class BrokerProcess {
         process = try ProcessSpawner.spawn(
             program, arguments: prefix + ["broker", "--socket", socketPath, "--log-level", logLevel] + arguments
                 + (takeover ? ["--takeover"] : []),
-            descriptors: [2: log])
+            environment: environment, descriptors: [2: log])
         let ready = eventually(timeout: .seconds(20)) {
             if (try? process.wait(deadline: .now)) ?? nil != nil { return true }
             return (try? BrokerClient(socketPath: socketPath).list()) != nil
