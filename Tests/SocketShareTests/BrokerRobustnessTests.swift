@@ -89,7 +89,9 @@ extension SocketShareTests {
             // Past the idle timeout each is dropped: the peer sees the end of its connection.
             #expect(try silent[0].receive(deadline: .now + .seconds(10)) == nil)
             #expect(eventually(timeout: .seconds(10)) { broker.descriptorCount == baseline }, "\(broker.descriptorCount) vs \(baseline)")
-            #expect(broker.residentKilobytes - memoryBefore < 16 * 1024, "memory stays bounded: \(broker.residentKilobytes - memoryBefore) KiB more")
+            if !underSanitizer {
+                #expect(broker.residentKilobytes - memoryBefore < 16 * 1024, "memory stays bounded: \(broker.residentKilobytes - memoryBefore) KiB more")
+            }
             for channel in silent { try channel.close() }
             try broker.stop()
         }

@@ -12,6 +12,7 @@ import Synchronization
 
 nonisolated(unsafe) var slots: [Int: SocketDescriptor] = [:]
 nonisolated(unsafe) var nextSlot = 1
+nonisolated(unsafe) var filler: [CInt] = []
 nonisolated(unsafe) var selection: EventSelection? = nil
 let records = Mutex<[String]>([])
 
@@ -69,7 +70,8 @@ func openDescriptors() -> [CInt] {
     let own = dirfd(directory)
     var fds: [CInt] = []
     while let entry = readdir(directory) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        // Read in place: the record is only as long as its name (copying d_name would overrun it).
+        let name = String(cString: (UnsafeRawPointer(entry) + MemoryLayout<dirent>.offset(of: \dirent.d_name)!).assumingMemoryBound(to: CChar.self))
         if let fd = CInt(name), fd != own { fds.append(fd) }
     }
     return fds.sorted()
@@ -218,6 +220,21 @@ func run(_ words: [String]) async throws -> [String] {
     case "unselect":
         selection?.cancel()
         selection = nil
+        return []
+    case "fill-fds":
+        // fill-fds SPARE: lowers RLIMIT_NOFILE to what is open now plus 64, then opens /dev/null
+        // until only SPARE descriptors are left; answers how many it opened.
+        var limit = rlimit(rlim_cur: rlim_t(openDescriptors().count + 64), rlim_max: rlim_t(openDescriptors().count + 64))
+        guard setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit) == 0 else { throw HelperFailure(text: "setrlimit failed") }
+        while true {
+            let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { break }
+            filler.append(fd)
+        }
+        for _ in 0..<min(Int(words[1])!, filler.count) { close(filler.removeLast()) }
+        return ["\(filler.count)"]
+    case "free-fds":
+        for _ in 0..<min(Int(words[1])!, filler.count) { close(filler.removeLast()) }
         return []
     case "exit":
         exit(CInt(words[1]) ?? 0)

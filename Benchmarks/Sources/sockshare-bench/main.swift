@@ -22,6 +22,11 @@
 //     SocketShare.adopt of pidfd tokens (pidfd_open, pidfd_getfd, inode check, acknowledgement to the
 //     holder): a child makes N shares for this process; each adopt is timed. Prints p50_us p99_us.
 //
+//   sockshare-bench cycles [--count N] [--via sharer|pidfd]
+//     Endurance: N share/adopt cycles with a target process (as roundtrip's), sampling both
+//     processes' open descriptors and resident memory 11 times (at 0, 10%, … 100%). Prints the
+//     samples and "flat: yes" when the descriptor counts never moved after the first cycle.
+//
 //   sockshare-bench roundtrip [--count N] [--via sharer|pidfd]
 //     share/adopt round trip between two processes: the source duplicates a socket for the target,
 //     passes the token on a socketpair, the target adopts it, closes it and says "done".
@@ -98,6 +103,58 @@ func runTarget() throws {
         }
         try channel.send(Array("done".utf8))
     }
+}
+
+/// Open descriptors and resident KiB of a process, from /proc.
+func footprint(_ pid: pid_t) -> (descriptors: Int, residentKilobytes: Int) {
+    var descriptors = 0
+    if let directory = opendir("/proc/\(pid)/fd") {
+        while readdir(directory) != nil { descriptors += 1 }
+        closedir(directory)
+        descriptors -= 3  // ".", ".." and the directory's own descriptor, when it is ours
+        if pid != getpid() { descriptors += 1 }
+    }
+    var bytes = [UInt8](repeating: 0, count: 8192)
+    let fd = open("/proc/\(pid)/status", O_RDONLY | O_CLOEXEC)
+    let count = fd >= 0 ? read(fd, &bytes, bytes.count) : 0
+    if fd >= 0 { close(fd) }
+    let text = String(decoding: bytes[0..<max(0, count)], as: UTF8.self)
+    let line = text.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+    return (descriptors, Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0)
+}
+
+func runCycles(_ arguments: Arguments) throws {
+    let (mine, theirs) = try SocketDescriptor.pair(kind: .seqpacket)
+    let target = try ProcessSpawner.spawn(
+        "/proc/self/exe", arguments: ["roundtrip", "--role", "target"], descriptors: [3: theirs.rawValue])
+    try theirs.close()
+    let channel = DescriptorChannel(mine)
+    let socket = try SocketDescriptor.listening(on: .ipv4(host: "127.0.0.1", port: 0))
+    let options = ShareOptions(via: arguments.via)
+    let count = arguments.countGiven ? arguments.count : 1_000_000
+    print("endurance: \(count) share/adopt cycles via \(arguments.via)")
+    print("| cycles | source descriptors | source resident KiB | target descriptors | target resident KiB |")
+    print("|---:|---:|---:|---:|---:|")
+    var descriptorSamples: [[Int]] = []
+    let started = ContinuousClock.now
+    for cycle in 0...count {
+        if cycle % max(1, count / 10) == 0 || cycle == count {
+            if cycle > 0 { while SocketShare.heldShareCount > 0 { usleep(1000) } }  // acknowledgements are read by another thread
+            let (ours, theirs) = (footprint(getpid()), footprint(target.pid))
+            if cycle > 0 { descriptorSamples.append([ours.descriptors, theirs.descriptors]) }
+            print("| \(cycle) | \(ours.descriptors) | \(ours.residentKilobytes) | \(theirs.descriptors) | \(theirs.residentKilobytes) |")
+            if cycle == count { break }
+        }
+        let token = try SocketShare.duplicate(socket, for: target.pid, options: options)
+        try channel.send(Array(("T" + token.text).utf8))
+        _ = try channel.receive(maximumBytes: 64)
+    }
+    let seconds = microseconds(ContinuousClock.now - started) / 1e6
+    try channel.close()
+    _ = try target.wait()
+    let flat = descriptorSamples.allSatisfy { $0 == descriptorSamples.first }
+    print("\(count) cycles in \(String(format: seconds)) s; flat: \(flat ? "yes" : "no")")
+    if !flat { exit(1) }
 }
 
 func runRoundTrip(_ arguments: Arguments) throws {
@@ -370,6 +427,7 @@ do {
     case ("roundtrip", _): try runRoundTrip(arguments)
     case ("broker", _): try runBroker(arguments)
     case ("load", _): try runLoad(arguments)
+    case ("cycles", _): try runCycles(arguments)
     case ("channel", "target"): try channelTarget()
     case ("channel", _): try runChannel(arguments)
     case ("pidfd", "target"): try pidfdHolder(arguments)

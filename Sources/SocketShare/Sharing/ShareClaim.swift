@@ -62,7 +62,7 @@ enum ShareClaim {
         let source: ProcessDescriptor
         do throws(SocketShareError) {
             source = try ProcessDescriptor(pid: token.source.pid)
-        } catch {
+        } catch where error.code == .invalidArgument {
             throw SocketShareError(
                 .holderGone, operation: "adopt", detail: "the source process (pid \(token.source.pid)) has exited")
         }

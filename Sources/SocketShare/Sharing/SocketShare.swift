@@ -104,17 +104,29 @@ public enum SocketShare {
     ///
     /// - Throws: ``SocketShareError``: `expired`, `refused` (this process is not the target),
     ///   `alreadyClaimed`, `revoked`, `notFound`, `holderGone` (the holder exited), `permissionDenied`
-    ///   (pidfd without ptrace rights), `verificationFailed`, `timedOut`.
+    ///   (pidfd without ptrace rights), `verificationFailed`, `timedOut`, `limitReached` (this process
+    ///   has no descriptor to spare; the share stays claimable).
     public static func adopt(_ token: ShareToken, timeout: Duration = .seconds(10)) throws(SocketShareError) -> SocketDescriptor {
         if token.isExpired {
             let ago = (ShareTime.nowMilliseconds - token.expiresAtMilliseconds) / 1000
             throw SocketShareError(.expired, operation: "adopt", detail: "the token expired \(ago) s ago")
         }
-        switch token.redemption {
-        case .escrow(let secret):
-            return try ShareClaim.claim(token, secret: secret, deadline: .now + timeout)
-        case .pidfd(let descriptor):
-            return try ShareClaim.pull(token, descriptor: descriptor, deadline: .now + timeout)
+        do throws(SocketShareError) {
+            switch token.redemption {
+            case .escrow(let secret):
+                return try ShareClaim.claim(token, secret: secret, deadline: .now + timeout)
+            case .pidfd(let descriptor):
+                return try ShareClaim.pull(token, descriptor: descriptor, deadline: .now + timeout)
+            }
+        } catch where error.code == .limitReached && (error.errno.map { [EMFILE, ENFILE].contains($0.rawValue) } == true
+                                                       || error.detail.contains("MSG_CTRUNC")) {
+            // Out of descriptors here: nothing was handed over for good, so the share is still there.
+            var limit = rlimit()
+            getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
+            throw SocketShareError(
+                .limitReached, operation: "adopt", errno: error.errno,
+                detail: "this process is at its descriptor limit (RLIMIT_NOFILE \(limit.rlim_cur)); close a descriptor "
+                    + "and adopt again: the share stays claimable until it expires (\(error.detail))")
         }
     }
 
