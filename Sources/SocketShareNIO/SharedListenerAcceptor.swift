@@ -24,7 +24,7 @@ import Synchronization
 public final class SharedListenerAcceptor: Sendable {
     private let listener: SocketDescriptor
     private let makeBootstrap: @Sendable () -> ClientBootstrap
-    private let state = Mutex<(thread: pthread_t?, stopping: Bool, running: Bool)>((nil, false, false))
+    private let state = Locked<(thread: pthread_t?, stopping: Bool, running: Bool)>((nil, false, false))
     /// Connections accepted whose channels are not registered and active yet.
     private let registering = Atomic<Int>(0)
 
@@ -92,7 +92,7 @@ public final class SharedListenerAcceptor: Sendable {
         while registering.load(ordering: .relaxed) > 0 { usleep(1_000) }
     }
 
-    private static let handlerInstalled = Mutex(false)
+    private static let handlerInstalled = Locked(false)
 
     /// A `SIGURG` handler that does nothing, installed without `SA_RESTART`, so the signal makes a
     /// blocked `accept` return `EINTR`. (`SIGURG` is otherwise ignored; the kernel sends it only to a

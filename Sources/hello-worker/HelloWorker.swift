@@ -156,7 +156,7 @@ enum HelloWorker {
 /// Waits until SIGTERM or SIGINT arrives.
 enum Termination {
     static func wait() async {
-        let resumed = Mutex(false)
+        let resumed = Locked(false)
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             do {
                 try SignalPipe.handle([SIGTERM, SIGINT]) { _ in

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Glibc
 import SocketShare
-import Synchronization
 
 struct Share: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -68,7 +67,7 @@ struct Share: AsyncParsableCommand {
         let options = ShareOptions(via: ShareOptions.Via(rawValue: via)!, timeToLive: .milliseconds(Int64(ttl * 1000)))
         // Signals are caught before the token is printed, so whoever reads it may signal at once:
         // a signal revokes the share, which ends the wait below with `.revoked`.
-        let shared = Mutex<(token: ShareToken?, signal: CInt)>((nil, 0))
+        let shared = Locked<(token: ShareToken?, signal: CInt)>((nil, 0))
         try Terminal.run { () throws(SocketShareError) in
             try SignalPipe.handle([SIGINT, SIGTERM, SIGHUP]) { number in
                 let token = shared.withLock { state -> ShareToken? in

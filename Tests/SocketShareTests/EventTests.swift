@@ -1,5 +1,4 @@
 import Glibc
-import Synchronization
 import Testing
 @testable import SocketShare
 
@@ -11,7 +10,7 @@ extension SocketShareTests {
 
         /// Records from a selection made in this process, collected for assertions.
         final class Recorder: Sendable {
-            let records = Mutex<[EventRecord]>([])
+            let records = Locked<[EventRecord]>([])
             var handler: @Sendable (EventRecord) -> Void { { record in self.records.withLock { $0.append(record) } } }
 
             func wait(for record: EventRecord, timeout: Duration = .seconds(10)) -> Bool {

@@ -8,13 +8,12 @@
 
 import Glibc
 import SocketShare
-import Synchronization
 
 nonisolated(unsafe) var slots: [Int: SocketDescriptor] = [:]
 nonisolated(unsafe) var nextSlot = 1
 nonisolated(unsafe) var filler: [CInt] = []
 nonisolated(unsafe) var selection: EventSelection? = nil
-let records = Mutex<[String]>([])
+let records = Locked<[String]>([])
 
 func answer(_ words: [String]) {
     let line = words.joined(separator: " ") + "\n"

@@ -342,7 +342,7 @@ func pidfdHolder(_ arguments: Arguments) throws {
 
 /// The load client's tally.
 final class Tally: @unchecked Sendable {
-    let lock = Mutex<[String: Int]>([:])
+    let lock = Locked<[String: Int]>([:])
     func add(_ key: String) { lock.withLock { $0[key, default: 0] += 1 } }
 }
 

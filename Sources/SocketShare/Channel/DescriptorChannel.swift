@@ -1,5 +1,4 @@
 import Glibc
-import Synchronization
 
 /// A connected `SOCK_SEQPACKET` Unix socket that carries messages of bytes plus descriptors.
 ///
@@ -141,11 +140,11 @@ public struct ChannelMessage: Sendable {
 /// The descriptors of a received message, as numbers, until taken or closed.
 final class ReceivedDescriptors: Sendable {
     let count: Int
-    private let remaining: Mutex<[CInt]>
+    private let remaining: Locked<[CInt]>
 
     init(_ descriptors: [CInt]) {
         count = descriptors.count
-        remaining = Mutex(descriptors)
+        remaining = Locked(descriptors)
     }
 
     func take() -> [SocketDescriptor] {

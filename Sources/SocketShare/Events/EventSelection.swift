@@ -1,5 +1,4 @@
 import Glibc
-import Synchronization
 
 /// Winsock's `WSAEventSelect` on Linux: one event registration per *socket*, across every process
 /// that holds a descriptor of it.
@@ -53,7 +52,7 @@ public final class EventSelection: AsyncSequence, Sendable {
     private let noticePath: String
     private let wakeRead: CInt
     private let wakeWrite: CInt
-    private let state: Mutex<State>
+    private let state: Locked<State>
     private let stream: AsyncStream<EventRecord>
     private let continuation: AsyncStream<EventRecord>.Continuation
 
@@ -126,7 +125,7 @@ public final class EventSelection: AsyncSequence, Sendable {
         // The connect phase is taken now, before the caller can call connect.
         var initial = State(armed: events)
         initial.connectPhase = events.contains(.connect) ? Self.connectPhase(socket.rawValue) : .none
-        self.state = Mutex(initial)
+        self.state = Locked(initial)
         (stream, continuation) = AsyncStream.makeStream(of: EventRecord.self)
 
         let me = EventRegistry.Registrant(process: .current, events: events, cooperative: cooperative, noticePath: noticePath)

@@ -1,6 +1,5 @@
 import Glibc
 import Logging
-import Synchronization
 
 /// The acceptor of the seed's typical use: one process accepts connections and hands each to a
 /// worker process, which does the information exchange.
@@ -127,7 +126,7 @@ public final class Dispatcher: Sendable {
 
     let configuration: Configuration
     let listeners: [Listener]
-    let shared: Mutex<Shared>
+    let shared: Locked<Shared>
     let wakeRead: CInt
     let wakeWrite: CInt
 
@@ -151,7 +150,7 @@ public final class Dispatcher: Sendable {
         self.wakeWrite = write
         self.listeners = listeners
         self.configuration = configuration
-        self.shared = Mutex(Shared())
+        self.shared = Locked(Shared())
     }
 
     deinit {

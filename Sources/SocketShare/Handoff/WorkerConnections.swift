@@ -43,7 +43,7 @@ public final class WorkerConnections: AsyncSequence, Sendable {
         /// The load last sent, and when (nanoseconds of `CLOCK_MONOTONIC`).
         let reportedLoad = Atomic<Int>(-1)
         let reportedAt = Atomic<Int>(0)
-        let ended = Mutex<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+        let ended = Locked<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
     }
 
     /// The channel named by `$SOCKSHARE_WORKER_FD`, or nil when the variable is not set (the process

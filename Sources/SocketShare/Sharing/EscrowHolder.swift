@@ -1,6 +1,5 @@
 import Glibc
 import Logging
-import Synchronization
 
 /// Holds duplicates of shared sockets until their targets claim them, and serves the claims.
 ///
@@ -91,7 +90,7 @@ final class EscrowHolder: Sendable {
 
     let configuration: Configuration
     let listener: SocketDescriptor
-    let state: Mutex<State>
+    let state: Locked<State>
     /// Written to wake the loop (a deposit changed the deadlines, or stop() was called).
     let wakeRead: CInt
     let wakeWrite: CInt
@@ -128,7 +127,7 @@ final class EscrowHolder: Sendable {
         }
         self.listener = listener
         var generator = SystemRandomNumberGenerator()
-        state = Mutex(State(nextID: firstID ?? (generator.next() >> 16 | 1)))
+        state = Locked(State(nextID: firstID ?? (generator.next() >> 16 | 1)))
     }
 
     deinit {

@@ -1,5 +1,4 @@
 import Glibc
-import Synchronization
 
 /// Share live sockets between processes, the way Windows' `WSADuplicateSocket` does.
 ///
@@ -21,7 +20,7 @@ import Synchronization
 /// `O_NONBLOCK` is common to both, and the socket closes when its last descriptor closes.
 public enum SocketShare {
     /// The process's sharer, started on first use and stopped once idle.
-    private static let sharer = Mutex<EscrowHolder?>(nil)
+    private static let sharer = Locked<EscrowHolder?>(nil)
 
     /// How long an idle sharer waits for new shares before it removes its socket and stops.
     static let sharerLinger: Duration = .seconds(5)

@@ -1,6 +1,5 @@
 import Glibc
 import Logging
-import Synchronization
 
 /// Supervisor upgrade: the running supervisor starts a new binary (`serve --successor-of 3`) and
 /// hands it the listeners, the control and notify sockets, the worker channels and its state over a

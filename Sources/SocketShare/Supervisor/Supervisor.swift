@@ -1,6 +1,5 @@
 import Glibc
 import Logging
-import Synchronization
 
 /// `sockshare serve`: binds listeners, runs worker processes with exactly the descriptors they need,
 /// restarts the ones that crash, reloads them without losing a connection, hands itself over to a
@@ -156,7 +155,7 @@ public final class Supervisor: Sendable {
     let control: SocketDescriptor
     let controlPath: String
     let notifications: NotifyListener
-    let state: Mutex<State>
+    let state: Locked<State>
     let devNull: CInt
     /// Our own service manager's `$NOTIFY_SOCKET` (systemd), if any.
     let serviceManager: SystemdNotifier?
@@ -169,11 +168,11 @@ public final class Supervisor: Sendable {
     let readyInbox: ReadyInbox
 
     final class ReadyInbox: Sendable {
-        let pids = Mutex<[pid_t]>([])
+        let pids = Locked<[pid_t]>([])
     }
 
     /// A successor's channel to its predecessor, and the workers it inherits (until ``run()``).
-    let predecessor = Mutex<(DescriptorChannel, [(pid_t, Int, Bool, DescriptorChannel)])?>(nil)
+    let predecessor = Locked<(DescriptorChannel, [(pid_t, Int, Bool, DescriptorChannel)])?>(nil)
 
     /// Binds the listeners (or takes those systemd passed in), creates the control and notify
     /// sockets, and prepares the dispatcher in handoff mode. No worker runs until ``run()``.
@@ -272,7 +271,7 @@ public final class Supervisor: Sendable {
         try Kernel.setNonBlocking(write, true)
         self.wakeRead = read
         self.wakeWrite = write
-        self.state = Mutex(state)
+        self.state = Locked(state)
         let inbox = ReadyInbox()
         self.readyInbox = inbox
         if configuration.mode == .handoff {

@@ -54,7 +54,7 @@ struct LoadClient {
     /// Runs the load and returns the tally. `during` runs on the calling thread meanwhile.
     func run(during: () throws -> Void) rethrows -> Result {
         let started = Atomic(0)
-        let shared = Mutex(Result())
+        let shared = Locked(Result())
         let address = address
         let count = count
         let timeout = timeout
