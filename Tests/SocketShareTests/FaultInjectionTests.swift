@@ -147,6 +147,50 @@ extension SocketShareTests {
             try broker.stop()
         }
 
+        /// The running broker dies while handing over to a successor (`sockshare broker --takeover`).
+        /// After sending only its listening socket: the successor refuses to start, says how much it
+        /// got, and leaves nothing open; a fresh broker can start on the path. After sending every
+        /// share: the successor has them all and serves them, since nothing else can.
+        @Test(arguments: ["takeover.afterListener", "takeover.afterShares"])
+        func aBrokerKilledWhileHandingOver(step: String) throws {
+            let directory = BrokerProcess.freshDirectory()
+            let old = try BrokerProcess(directory: directory, environment: Self.dying(at: step))
+            let target = try Helper()
+            let socket = try SocketDescriptor.socket(.inet, .stream)
+            let token = try old.client.deposit(socket.rawValue, for: ProcessIdentity(pid: target.pid, startTime: 0))
+            // It returns at once: until the handover the old broker answers on the same path.
+            let successor = try BrokerProcess(directory: directory, takeover: true)
+            #expect(try old.process.wait(deadline: .now + .seconds(10)) == .signaled(SIGKILL))
+            if step == "takeover.afterListener" {
+                #expect(try successor.process.wait(deadline: .now + .seconds(20)) == .exited(1), "\(successor.log)")
+                #expect(successor.log.contains("closed after 0 of 1 shares"), "\(successor.log)")
+                let fresh = try BrokerProcess(directory: directory)
+                #expect { try target.call("adopt", token.text) } throws: { ($0 as? HelperError)?.code == "notFound" }
+                try fresh.stop()
+            } else {
+                #expect(eventually { successor.log.contains("exited before our confirmation") }, "\(successor.log)")
+                #expect(try target.call("adopt", token.text)[1] == "\(try socket.socketDescription().identity.inode)")
+                try successor.stop()
+            }
+            _ = try target.finish()
+        }
+
+        /// The successor dies after receiving everything, before confirming: the old broker keeps
+        /// every share and serves on.
+        @Test func aSuccessorKilledBeforeConfirmingLeavesTheOldBrokerServing() throws {
+            let directory = BrokerProcess.freshDirectory()
+            let old = try BrokerProcess(directory: directory)
+            let target = try Helper()
+            let socket = try SocketDescriptor.socket(.inet, .stream)
+            let token = try old.client.deposit(socket.rawValue, for: ProcessIdentity(pid: target.pid, startTime: 0))
+            let successor = try BrokerProcess(directory: directory, takeover: true, environment: Self.dying(at: "takeover.beforeDone"))
+            #expect(try successor.process.wait(deadline: .now + .seconds(20)) == .signaled(SIGKILL))
+            #expect(eventually { old.log.contains("serving on") }, "\(old.log)")
+            #expect(try target.call("adopt", token.text)[1] == "\(try socket.socketDescription().identity.inode)")
+            _ = try target.finish()
+            try old.stop()
+        }
+
         /// A worker dies after receiving connections and before acknowledging them: every one of
         /// them is answered by another worker.
         @Test func aWorkerKilledBeforeAcknowledgingLosesNoConnection() throws {

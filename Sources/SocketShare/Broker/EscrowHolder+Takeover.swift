@@ -25,6 +25,7 @@ extension EscrowHolder {
             try successor.channel.send(
                 EscrowMessage.takeoverListener(shareCount: UInt32(entries.count)).bytes,
                 descriptors: [listener.rawValue], deadline: deadline)
+            FaultPoint.reached("takeover.afterListener")
             var index = 0
             while index < entries.count {
                 let batch = entries[index..<min(index + Self.takeoverBatch, entries.count)]
@@ -39,6 +40,7 @@ extension EscrowHolder {
                     deadline: deadline)
                 index += batch.count
             }
+            FaultPoint.reached("takeover.afterShares")
             guard let reply = try successor.channel.receive(maximumBytes: EscrowMessage.maximumRequestLength, deadline: deadline),
                   (try? EscrowMessage(bytes: reply.bytes)) == .takeoverDone else {
                 throw SocketShareError(.protocolViolation, operation: "takeover", detail: "the successor did not confirm")
@@ -64,6 +66,7 @@ extension EscrowHolder {
             throw error.within("take over", context: "from \(configuration.endpoint) (is a broker running there?)")
         }
         defer { try? channel.close() }
+        let predecessor = try? PeerProcess(of: channel.socket.rawValue)
         let deadline = ContinuousClock.now + .seconds(60)
         try channel.send(EscrowMessage.takeover.bytes, deadline: deadline)
 
@@ -103,7 +106,16 @@ extension EscrowHolder {
             owned.removeAll { $0 === listener }
             try holder.install(received)
             owned.removeAll()
-            try channel.send(EscrowMessage.takeoverDone.bytes, deadline: deadline)
+            FaultPoint.reached("takeover.beforeDone")
+            do throws(SocketShareError) {
+                try channel.send(EscrowMessage.takeoverDone.bytes, deadline: deadline)
+            } catch {
+                // Everything arrived, but the predecessor is not there to hear it. If it has exited,
+                // these shares exist nowhere else: serve them. If it lives, its takeover failed and it
+                // kept them, and two holders of one share must never both serve.
+                guard let predecessor, predecessor.hasExited else { throw error }
+                holder.logger.warning("the predecessor (pid \(predecessor.pid)) exited before our confirmation; serving what it handed over")
+            }
             holder.logger.notice("took over \(received.count) shares and the listening socket at \(configuration.endpoint)")
             return holder
         } catch {

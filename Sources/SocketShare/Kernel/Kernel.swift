@@ -341,6 +341,13 @@ enum Kernel {
         try retrying("pidfd_getfd", "descriptor \(fd)") { cs_pidfd_getfd(pidfd, fd, 0) }
     }
 
+    /// Whether the process behind a pidfd has exited: the pidfd polls readable from then on, zombie
+    /// or reaped (`pidfd_open(2)`).
+    static func hasExited(pidfd: CInt) -> Bool {
+        var fds = [pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)]
+        return ((try? poll(&fds, deadline: .now)) ?? 0) > 0
+    }
+
     /// Whether the process behind `pidfd` is still running (`pidfd_send_signal` with signal 0).
     static func isAlive(_ pidfd: CInt) -> Bool {
         cs_pidfd_send_signal(pidfd, 0, 0) == 0

@@ -28,6 +28,13 @@ final class PeerProcess: Sendable {
         if let pidfd { try? Kernel.close(pidfd) }
     }
 
+    /// Whether the peer has exited (a zombie counts: its pidfd polls readable). Without a pidfd, a
+    /// pid that still exists counts as alive.
+    var hasExited: Bool {
+        guard let pidfd else { return !Kernel.processExists(pid) }
+        return Kernel.hasExited(pidfd: pidfd)
+    }
+
     /// The peer's start time, read from `/proc` and checked against its pidfd when there is one.
     func startTime() throws(SocketShareError) -> UInt64 {
         if let pidfd { return try ProcessDescriptor.verifiedIdentity(pidfd: pidfd, pid: pid).startTime }

@@ -52,10 +52,7 @@ final class ProcessDescriptor: Sendable {
     deinit { try? Kernel.close(rawValue) }
 
     /// Whether the process has exited (the pidfd polls readable once it has).
-    var hasExited: Bool {
-        var fds = [pollfd(fd: rawValue, events: Int16(POLLIN), revents: 0)]
-        return ((try? Kernel.poll(&fds, deadline: .now)) ?? 0) > 0
-    }
+    var hasExited: Bool { Kernel.hasExited(pidfd: rawValue) }
 
     /// The inode of a pidfd on pidfs, or nil on kernels where pidfds are anonymous inodes (all alike).
     static func pidfsInode(_ pidfd: CInt) -> UInt64? {

@@ -12,6 +12,19 @@ struct ByteWriter {
     }
 
     mutating func write(_ raw: some Sequence<UInt8>) { bytes.append(contentsOf: raw) }
+
+    /// Text as a `u8` length and at most 255 bytes of UTF-8, cut where a character starts so that
+    /// the reader gets valid UTF-8 (``ByteReader/readShortText(field:)``).
+    mutating func writeShortText(_ text: String) {
+        var utf8 = Array(text.utf8.prefix(256))
+        if utf8.count > 255 {
+            var end = 255
+            while end > 0, utf8[end] & 0xC0 == 0x80 { end -= 1 }
+            utf8.removeSubrange(end...)
+        }
+        write(UInt8(utf8.count))
+        write(utf8)
+    }
 }
 
 /// Reads big-endian binary input strictly: every read names its field, and a short input is an error
@@ -44,6 +57,15 @@ struct ByteReader {
         guard count >= 0, remaining >= count else { throw truncated(field, needing: count) }
         defer { offset += count }
         return Array(bytes[offset..<(offset + count)])
+    }
+
+    /// Text written by ``ByteWriter/writeShortText(_:)``; text that is not UTF-8 is refused.
+    mutating func readShortText(field: String) throws(SocketShareError) -> String {
+        let length = Int(try read(UInt8.self, field: field + "Length"))
+        guard let text = String(validating: try readBytes(length, field: field), as: UTF8.self) else {
+            throw invalid(field, "not UTF-8")
+        }
+        return text
     }
 
     /// All bytes not read yet.

@@ -58,9 +58,7 @@ public struct HeldShare: Hashable, Sendable {
         writer.write(depositorUID)
         writer.write(ageMilliseconds)
         writer.write(expiresInMilliseconds)
-        let address = Array(localAddress.utf8.prefix(255))
-        writer.write(UInt8(address.count))
-        writer.write(address)
+        writer.writeShortText(localAddress)
     }
 
     init(from reader: inout ByteReader) throws(SocketShareError) {
@@ -80,8 +78,7 @@ public struct HeldShare: Hashable, Sendable {
         depositorUID = try reader.read(field: "depositorUid")
         ageMilliseconds = try reader.read(field: "age")
         expiresInMilliseconds = try reader.read(field: "expiresIn")
-        let length = Int(try reader.read(UInt8.self, field: "addressLength"))
-        localAddress = String(decoding: try reader.readBytes(length, field: "address"), as: UTF8.self)
+        localAddress = try reader.readShortText(field: "address")
     }
 }
 

@@ -119,17 +119,7 @@ struct HandedConnection: Equatable, Sendable {
 
     func write(to writer: inout ByteWriter) {
         writer.write(id)
-        for text in [listenerName, peerAddress, localAddress] {
-            // At most 255 bytes, cut where a character starts so that the receiver gets UTF-8.
-            var bytes = Array(text.utf8.prefix(256))
-            if bytes.count > 255 {
-                var end = 255
-                while end > 0, bytes[end] & 0xC0 == 0x80 { end -= 1 }
-                bytes.removeSubrange(end...)
-            }
-            writer.write(UInt8(bytes.count))
-            writer.write(bytes)
-        }
+        for text in [listenerName, peerAddress, localAddress] { writer.writeShortText(text) }
     }
 
     init(id: UInt64, listenerName: String, peerAddress: String, localAddress: String) {
@@ -141,15 +131,8 @@ struct HandedConnection: Equatable, Sendable {
 
     init(from reader: inout ByteReader) throws(SocketShareError) {
         id = try reader.read(field: "id")
-        func text(_ field: String) throws(SocketShareError) -> String {
-            let length = Int(try reader.read(UInt8.self, field: "\(field)Length"))
-            guard let text = String(validating: try reader.readBytes(length, field: field), as: UTF8.self) else {
-                throw reader.invalid(field, "not UTF-8")
-            }
-            return text
-        }
-        listenerName = try text("listenerName")
-        peerAddress = try text("peerAddress")
-        localAddress = try text("localAddress")
+        listenerName = try reader.readShortText(field: "listenerName")
+        peerAddress = try reader.readShortText(field: "peerAddress")
+        localAddress = try reader.readShortText(field: "localAddress")
     }
 }
