@@ -123,12 +123,17 @@ func footprint(_ pid: pid_t) -> (descriptors: Int, residentKilobytes: Int) {
     return (descriptors, Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0)
 }
 
-func runCycles(_ arguments: Arguments) throws {
+/// A target process (`roundtrip --role target`, see ``runTarget()``) and the channel to it.
+func spawnTarget() throws -> (ChildProcess, DescriptorChannel) {
     let (mine, theirs) = try SocketDescriptor.pair(kind: .seqpacket)
     let target = try ProcessSpawner.spawn(
         "/proc/self/exe", arguments: ["roundtrip", "--role", "target"], descriptors: [3: theirs.rawValue])
     try theirs.close()
-    let channel = DescriptorChannel(mine)
+    return (target, DescriptorChannel(mine))
+}
+
+func runCycles(_ arguments: Arguments) throws {
+    let (target, channel) = try spawnTarget()
     let socket = try SocketDescriptor.listening(on: .ipv4(host: "127.0.0.1", port: 0))
     let options = ShareOptions(via: arguments.via)
     let count = arguments.countGiven ? arguments.count : 1_000_000
@@ -139,8 +144,16 @@ func runCycles(_ arguments: Arguments) throws {
     let started = ContinuousClock.now
     for cycle in 0...count {
         if cycle % max(1, count / 10) == 0 || cycle == count {
-            if cycle > 0 { while SocketShare.heldShareCount > 0 { usleep(1000) } }  // acknowledgements are read by another thread
-            let (ours, theirs) = (footprint(getpid()), footprint(target.pid))
+            // The holder's thread reads the last acknowledgement and hang-up after the target has
+            // answered: sample once it has (the counts hold still), within a second.
+            var (ours, theirs) = (footprint(getpid()), footprint(target.pid))
+            let settleBy = ContinuousClock.now + .seconds(1)
+            while ContinuousClock.now < settleBy {
+                usleep(5000)
+                let again = (footprint(getpid()), footprint(target.pid))
+                if SocketShare.heldShareCount == 0, again.0 == ours, again.1 == theirs { break }
+                (ours, theirs) = again
+            }
             if cycle > 0 { descriptorSamples.append([ours.descriptors, theirs.descriptors]) }
             print("| \(cycle) | \(ours.descriptors) | \(ours.residentKilobytes) | \(theirs.descriptors) | \(theirs.residentKilobytes) |")
             if cycle == count { break }
@@ -158,11 +171,7 @@ func runCycles(_ arguments: Arguments) throws {
 }
 
 func runRoundTrip(_ arguments: Arguments) throws {
-    let (mine, theirs) = try SocketDescriptor.pair(kind: .seqpacket)
-    let target = try ProcessSpawner.spawn(
-        "/proc/self/exe", arguments: ["roundtrip", "--role", "target"], descriptors: [3: theirs.rawValue])
-    try theirs.close()
-    let channel = DescriptorChannel(mine)
+    let (target, channel) = try spawnTarget()
     let socket = try SocketDescriptor.listening(on: .ipv4(host: "127.0.0.1", port: 0))
 
     func measure(_ step: () throws -> Void) throws -> [Double] {
@@ -223,15 +232,7 @@ func runBroker(_ arguments: Arguments) throws {
         var pause = timespec(tv_sec: 0, tv_nsec: 10_000_000)
         nanosleep(&pause, nil)
     }
-    func residentKilobytes() -> Int {
-        var bytes = [UInt8](repeating: 0, count: 8192)
-        let fd = open("/proc/\(broker.pid)/status", O_RDONLY)
-        defer { close(fd) }
-        let count = read(fd, &bytes, bytes.count)
-        let text = String(decoding: bytes[0..<max(0, count)], as: UTF8.self)
-        let line = text.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
-        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
-    }
+    func residentKilobytes() -> Int { footprint(broker.pid).residentKilobytes }
     let socket = try SocketDescriptor.listening(on: .ipv4(host: "127.0.0.1", port: 0))
     let me = ProcessIdentity.current
 
