@@ -168,7 +168,11 @@ extension SocketShareTests {
                 #expect { try target.call("adopt", token.text) } throws: { ($0 as? HelperError)?.code == "notFound" }
                 try fresh.stop()
             } else {
-                #expect(eventually { successor.log.contains("exited before our confirmation") }, "\(successor.log)")
+                // Usually the confirmation finds the predecessor gone ("exited before our
+                // confirmation"); on a slow machine it may be queued just before it dies. Either
+                // way the successor must serve.
+                #expect(eventually { successor.log.contains("exited before our confirmation") || successor.log.contains("took over 1 shares") },
+                        "\(successor.log)")
                 #expect(try target.call("adopt", token.text)[1] == "\(try socket.socketDescription().identity.inode)")
                 try successor.stop()
             }
