@@ -21,8 +21,18 @@ extension SocketShareTests {
         static func warmUp(_ source: Helper, _ slot: String, via: String) throws {
             let token = try source.call("share", slot, "\(source.pid)", via)[0]
             try source.call("close", try source.call("adopt", token)[0])
-            // The acknowledgement is read by the holder's thread: wait until it has closed its copy.
+            // The acknowledgement is read by the holder's thread: wait until it has closed its copy,
+            // then until it has also seen the claimant hang up and closed that connection, so that the
+            // test's baseline is the count at rest.
             _ = eventually { (try? source.call("held")[0]) == "0" }
+            var last = try source.call("fdcount")[0], unchanged = 0
+            let deadline = ContinuousClock.now + .seconds(5)
+            while unchanged < 10 && ContinuousClock.now < deadline {
+                usleep(20_000)
+                let now = try source.call("fdcount")[0]
+                unchanged = now == last ? unchanged + 1 : 0
+                last = now
+            }
         }
 
         static func killedBySignal(_ helper: Helper) throws -> Bool {
