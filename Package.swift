@@ -16,6 +16,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        // `swift package generate-documentation --target SocketShare` (the DocC catalog).
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.4.0"),
     ],
     targets: [
         // Only what Swift cannot express: CMSG_* macros, variadic syscall(2), GNU-only calls.
@@ -51,6 +53,24 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
+        ),
+        // The cookbook's SwiftNIO HTTP app, run behind `sockshare serve` (examples/nio-http-app).
+        .executableTarget(
+            name: "http-app",
+            dependencies: [
+                "SocketShare",
+                "SocketShareNIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "examples/nio-http-app/Sources"
+        ),
+        // The cookbook's Winsock port: Microsoft's WSADuplicateSocket sample, in Swift (examples/winsock-porting).
+        .executableTarget(
+            name: "winsock-port",
+            dependencies: ["SocketShare"],
+            path: "examples/winsock-porting/Sources"
         ),
         .executableTarget(
             name: "sockshare",

@@ -15,7 +15,10 @@ extension ServerBootstrap {
     /// SwiftNIO also sets `O_NONBLOCK`, which every holder of the socket shares: fine for event-loop
     /// servers; a worker that `accept`s in blocking mode on the same listener would see `EAGAIN`.
     ///
-    /// - Parameter listener: Ownership passes to SwiftNIO, which closes it with the server channel.
+    /// - Parameters:
+    ///   - listener: Ownership passes to SwiftNIO, which closes it with the server channel.
+    ///   - backlog: The listen backlog to keep; nil keeps the socket's own.
+    ///   - childChannelInitializer: Sets up each accepted connection's channel.
     @available(macOS 10.15, *)
     public func bind<Output: Sendable>(
         adopting listener: SocketDescriptor, backlog: Int32? = nil,
@@ -40,9 +43,9 @@ extension ServerBootstrap {
 }
 
 extension ClientBootstrap {
-    /// Registers a connection a worker received (``AdoptedConnection``) as a SwiftNIO channel, using
+    /// Registers a connection a worker received (`AdoptedConnection`) as a SwiftNIO channel, using
     /// this bootstrap's channel initializer. Ownership of the descriptor passes to SwiftNIO;
-    /// ``AdoptedConnection/finished()`` is called when the channel closes (or registration fails).
+    /// `AdoptedConnection.finished()` is called when the channel closes (or registration fails).
     public func withConnectedSocket(adopting connection: AdoptedConnection) -> EventLoopFuture<Channel> {
         let future = self.withConnectedSocket(connection.descriptor.release())
         future.whenComplete { result in
@@ -54,8 +57,8 @@ extension ClientBootstrap {
         return future
     }
 
-    /// Turns a connection a worker received (``AdoptedConnection``) into a SwiftNIO channel.
-    /// Ownership of the descriptor passes to SwiftNIO; ``AdoptedConnection/finished()`` is called
+    /// Turns a connection a worker received (`AdoptedConnection`) into a SwiftNIO channel.
+    /// Ownership of the descriptor passes to SwiftNIO; `AdoptedConnection.finished()` is called
     /// when the channel closes.
     @available(macOS 10.15, *)
     public func withConnectedSocket<Output: Sendable>(

@@ -19,7 +19,7 @@ import Synchronization
 /// either accepted and served, or left in the queue for another process — never dropped.
 ///
 /// Use it for listeners of `sockshare serve --mode shared` (or any socket-activated listener shared
-/// by several workers); ``ServerBootstrap/bind(adopting:backlog:childChannelInitializer:)`` suits a
+/// by several workers); `ServerBootstrap.bind(adopting:backlog:childChannelInitializer:)` suits a
 /// listener this process accepts on alone.
 public final class SharedListenerAcceptor: Sendable {
     private let listener: SocketDescriptor

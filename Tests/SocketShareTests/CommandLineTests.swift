@@ -14,6 +14,9 @@ extension SocketShareTests {
             return String(tests[..<tests.lastIndex(of: "/")!]) + "/Scripts"
         }()
 
+        /// The cookbook's Python clients (examples/any-language), which these tests also run.
+        static let anyLanguage = scripts + "/../../examples/any-language"
+
         @Test func theDemoPasses() throws {
             let run = try ProgramRun.run(Paths.sockshare, ["demo"])
             #expect(run.status == .exited(0), "\(run.standardOutput)\(run.standardError)")
@@ -74,10 +77,13 @@ extension SocketShareTests {
             return String(decoding: bytes, as: UTF8.self)
         }
 
-        @Test(arguments: [("PROTOCOL.md", "claim.py"), ("PROTOCOL.md", "deposit.py"), ("WORKERS.md", "worker.py")])
-        func theDocumentedPythonClientsAreTheTestedOnes(_ page: String, _ name: String) throws {
+        @Test(arguments: [
+            ("PROTOCOL.md", "examples/any-language/claim.py"), ("PROTOCOL.md", "examples/any-language/deposit.py"),
+            ("WORKERS.md", "Tests/Scripts/worker.py"),
+        ])
+        func theDocumentedPythonClientsAreTheTestedOnes(_ page: String, _ path: String) throws {
             let document = String(decoding: try Kernel.readFile(CommandLineTests.scripts + "/../../docs/" + page), as: UTF8.self)
-            let script = String(decoding: try Kernel.readFile(CommandLineTests.scripts + "/" + name), as: UTF8.self)
+            let script = String(decoding: try Kernel.readFile(CommandLineTests.scripts + "/../../" + path), as: UTF8.self)
             #expect(document.contains("```python\n" + script + "```"))
         }
 
@@ -85,7 +91,7 @@ extension SocketShareTests {
             let broker = try BrokerProcess()
             let target = try Helper()
             // Python deposits its listener and exits at once.
-            let run = try ProgramRun.run("python3", [CommandLineTests.scripts + "/deposit.py", broker.socketPath, "\(target.pid)"])
+            let run = try ProgramRun.run("python3", [CommandLineTests.anyLanguage + "/deposit.py", broker.socketPath, "\(target.pid)"])
             #expect(run.status == .exited(0), "\(run.standardError)")
             let words = run.standardOutput.split(separator: " ").map(String.init)
             let token = try ShareToken(text: words[0])
@@ -106,7 +112,7 @@ extension SocketShareTests {
             let (inRead, inWrite) = try SocketDescriptor.pair()
             let (outRead, outWrite) = try SocketDescriptor.pair()
             let python = try ProcessSpawner.spawn(
-                "python3", arguments: [CommandLineTests.scripts + "/claim.py"],
+                "python3", arguments: [CommandLineTests.anyLanguage + "/claim.py"],
                 descriptors: [0: inRead.rawValue, 1: outWrite.rawValue, 2: 2])
             try inRead.close()
             try outWrite.close()
@@ -125,7 +131,7 @@ extension SocketShareTests {
             let (inRead, inWrite) = try SocketDescriptor.pair()
             let (outRead, outWrite) = try SocketDescriptor.pair()
             let python = try ProcessSpawner.spawn(
-                "python3", arguments: [CommandLineTests.scripts + "/claim.py"],
+                "python3", arguments: [CommandLineTests.anyLanguage + "/claim.py"],
                 descriptors: [0: inRead.rawValue, 1: outWrite.rawValue, 2: 2])
             try inRead.close()
             try outWrite.close()
@@ -142,7 +148,7 @@ extension SocketShareTests {
             let helper = try Helper()
             let socket = try SocketDescriptor.socket(.inet, .stream)
             let token = try SocketShare.duplicate(socket, for: helper.pid)
-            let run = try ProgramRun.run("python3", [CommandLineTests.scripts + "/claim.py"], input: token.text + "\n")
+            let run = try ProgramRun.run("python3", [CommandLineTests.anyLanguage + "/claim.py"], input: token.text + "\n")
             #expect(run.status == .exited(1))
             #expect(run.standardError.contains("claim failed: this share is for pid \(helper.pid)"), "\(run.standardError)")
             #expect(run.standardError.contains("(code 5)"))

@@ -20,7 +20,9 @@ public struct BrokerClient: Sendable {
     /// and may close it, or exit, at once: the broker holds a duplicate.
     ///
     /// - Parameters:
+    ///   - descriptor: The socket to share; it stays open and owned by the caller.
     ///   - target: The target; a start time of 0 means whichever process has the pid now.
+    ///   - timeToLive: How long the share stays claimable; the broker may cap it (`--max-ttl`).
     /// - Throws: ``SocketShareError``: `holderGone` when no broker answers; `limitReached` for quotas,
     ///   the global cap or a time to live above the broker's maximum; `invalidArgument` when the target
     ///   does not exist.

@@ -16,6 +16,8 @@ extension SocketDescriptor {
     /// A Unix path must not exist yet; the caller owns it and unlinks it when done.
     ///
     /// - Parameters:
+    ///   - address: Where to bind: an IPv4, IPv6 or Unix-path address.
+    ///   - kind: Stream (the default), datagram or seqpacket.
     ///   - backlog: The `listen(2)` backlog for stream and seqpacket sockets.
     public static func listening(
         on address: SocketAddress, kind: SocketKind = .stream, backlog: CInt = 511

@@ -166,8 +166,12 @@ public final class Dispatcher: Sendable {
     /// Adds a worker. The dispatcher owns `channel` (the supervisor's end); the worker's end must
     /// already be in the worker process only.
     ///
-    /// - Parameter accepting: Whether connections go to it now; a worker of a generation that is
-    ///   still proving itself (a reload) waits for ``promote(generation:)``.
+    /// - Parameters:
+    ///   - channel: The supervisor's end of the worker's channel.
+    ///   - pid: The worker's process id, for logs, status and killing it when it stalls.
+    ///   - generation: The generation the worker belongs to (a reload starts the next one).
+    ///   - accepting: Whether connections go to it now; a worker of a generation that is
+    ///     still proving itself (a reload) waits for ``promote(generation:)``.
     public func addWorker(_ channel: DescriptorChannel, pid: pid_t, generation: Int, accepting: Bool = true) {
         post(.add(channel, pid: pid, generation: generation, accepting: accepting))
     }

@@ -74,6 +74,7 @@ public final class WorkerConnections: AsyncSequence, Sendable {
     /// Receives on `channel`, the worker's end of the dispatcher's channel.
     ///
     /// - Parameters:
+    ///   - channel: The worker's end of the channel, which this object now owns.
     ///   - admit: Decides, before the worker touches a connection, whether to take it; refused ones
     ///     are closed here and the dispatcher gives them to another worker.
     public init(channel: DescriptorChannel, admitting admit: @escaping @Sendable (ConnectionInfo) -> Bool = { _ in true }) {

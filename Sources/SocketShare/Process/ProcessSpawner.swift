@@ -13,6 +13,7 @@ public enum ProcessSpawner {
     /// Starts `executable` (a path, or a name looked up in `PATH`).
     ///
     /// - Parameters:
+    ///   - executable: A path, or a name looked up in this process's `PATH`, as `posix_spawnp(3)` does.
     ///   - arguments: The arguments after the program name (`argv[1...]`).
     ///   - environment: The complete environment; nil passes this process's own.
     ///   - descriptors: Child descriptor number → this process's descriptor to place there. Numbers

@@ -1,4 +1,4 @@
-/// Options for ``SocketShare/duplicate(_:for:options:)``.
+/// Options for ``SocketShare/duplicate(_:for:options:)-(CInt,pid_t,_)``.
 public struct ShareOptions: Sendable, Hashable {
     /// Who holds the share until the target claims it.
     public enum Via: String, Sendable, Hashable, CaseIterable {

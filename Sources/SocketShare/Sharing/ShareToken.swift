@@ -2,10 +2,10 @@ import Glibc
 
 /// SocketShare's `WSAPROTOCOL_INFO`: everything a target needs to adopt a shared socket.
 ///
-/// A source gets a token from ``SocketShare/duplicate(_:for:options:)`` and passes it to the target
+/// A source gets a token from ``SocketShare/duplicate(_:for:options:)-(CInt,pid_t,_)`` and passes it to the target
 /// over any IPC: a pipe, a file, an environment variable, an HTTP header. Its text form
 /// (``text``) is one line of URL-safe characters starting with `sks1.`; its binary form
-/// (``bytes``) is compact. The target redeems it with ``SocketShare/adopt(_:)``.
+/// (``bytes``) is compact. The target redeems it with ``SocketShare/adopt(_:timeout:)``.
 ///
 /// A token describes the socket (family, type, protocol, state, inode), names the source and the
 /// target process by pid and start time, says when it expires, and says how to redeem it. The

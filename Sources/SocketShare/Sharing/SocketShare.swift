@@ -44,7 +44,7 @@ public enum SocketShare {
         try duplicate(descriptor, to: try ShareTarget.resolve(pid: target), options: options)
     }
 
-    /// Duplicates the socket behind `descriptor`; see ``duplicate(_:for:options:)-(CInt,_,_)``.
+    /// Duplicates the socket behind `descriptor`; see ``duplicate(_:for:options:)-(CInt,pid_t,_)``.
     public static func duplicate(
         _ descriptor: SocketDescriptor, for target: pid_t, options: ShareOptions = ShareOptions()
     ) throws(SocketShareError) -> ShareToken {

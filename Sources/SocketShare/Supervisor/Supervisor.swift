@@ -12,7 +12,7 @@ import Logging
 ///   receives them through ``WorkerConnections`` (or `docs/WORKERS.md` in any language) on the
 ///   channel at `$SOCKSHARE_WORKER_FD`. No connection is lost when a worker dies.
 ///
-/// A **reload** (``reload`` command, `SIGHUP`) starts a new generation of workers on the same
+/// A **reload** (`sockshare reload`, `SIGHUP`) starts a new generation of workers on the same
 /// listeners; once every one of them says it is ready (`READY=1` on `$NOTIFY_SOCKET`, or
 /// ``WorkerConnections/ready()``), new connections go only to it and the old generation drains.
 /// If the new generation is not ready by the deadline, or one of its workers exits first, it is

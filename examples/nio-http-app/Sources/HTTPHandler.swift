@@ -1,0 +1,89 @@
+import NIOCore
+import NIOHTTP1
+import Synchronization
+
+/// Open connections and whether the app is draining (then each answer closes its connection).
+enum Connections {
+    static let open = Atomic<Int>(0)
+    static let draining = Atomic<Bool>(false)
+}
+
+/// Collects a request (head and body, at most 1 MiB), asks ``Routes`` and writes the response;
+/// keeps the connection alive when the client asked for it and the app is not draining.
+final class HTTPHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    static let maximumBody = 1 << 20
+    let routes: Routes
+    let listenerName: String?
+    private var head: HTTPRequestHead?
+    private var body: [UInt8] = []
+
+    init(routes: Routes, listenerName: String?) {
+        self.routes = routes
+        self.listenerName = listenerName
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        Connections.open.add(1, ordering: .relaxed)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        Connections.open.subtract(1, ordering: .relaxed)
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+            body.removeAll(keepingCapacity: true)
+        case .body(var chunk):
+            guard head != nil else { return }  // refused already (413)
+            if body.count + chunk.readableBytes > Self.maximumBody {
+                self.head = nil
+                respond(context, version: .http1_1, keepAlive: false, Response(413, "Content Too Large", "bodies are limited to 1 MiB\n"))
+                return
+            }
+            body += chunk.readBytes(length: chunk.readableBytes) ?? []
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            let (path, query) = Routes.split(head.uri)
+            let response = routes.answer(Request(
+                method: head.method.rawValue, path: path, query: query, body: body, listenerName: listenerName))
+            let keepAlive = head.isKeepAlive && !Connections.draining.load(ordering: .relaxed)
+            if response.delayMilliseconds > 0 {
+                let version = head.version
+                let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                context.eventLoop.scheduleTask(in: .milliseconds(Int64(response.delayMilliseconds))) {
+                    let (handler, context) = loopBound.value
+                    handler.respond(context, version: version, keepAlive: keepAlive, response)
+                }
+            } else {
+                respond(context, version: head.version, keepAlive: keepAlive, response)
+            }
+        }
+    }
+
+    private func respond(_ context: ChannelHandlerContext, version: HTTPVersion, keepAlive: Bool, _ response: Response) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: response.contentType)
+        headers.add(name: "Content-Length", value: "\(response.body.count)")
+        headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
+        let status = HTTPResponseStatus(statusCode: response.status, reasonPhrase: response.reason)
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: response.body)))), promise: nil)
+        let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if !keepAlive {
+            let channel = context.channel
+            written.whenComplete { _ in channel.close(promise: nil) }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
