@@ -124,10 +124,10 @@ enum HelloWorker {
                 ClientBootstrap(group: group).channelInitializer(initialize)
             }
             acceptors.append(acceptor)
-            Thread.detach { acceptor.run() }
+            try DetachedThread.start { acceptor.run() }
         }
         try? SystemdNotifier.fromEnvironment()?.notify("READY=1\nSTATUS=hello-worker accepting")
-        await Termination.wait()
+        await SignalPipe.waitForAny([SIGTERM, SIGINT])
         // stop() returns once every connection it accepted is an active channel, counted below.
         for acceptor in acceptors { acceptor.stop() }
         await drain(limit: .seconds(60)) { Connections.open.load(ordering: .relaxed) }
@@ -150,37 +150,6 @@ enum HelloWorker {
         }
         let channel = try await bootstrap.bind(host: host, port: port).get()
         try await channel.closeFuture.get()
-    }
-}
-
-/// Waits until SIGTERM or SIGINT arrives.
-enum Termination {
-    static func wait() async {
-        let resumed = Locked(false)
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            do {
-                try SignalPipe.handle([SIGTERM, SIGINT]) { _ in
-                    let first = resumed.withLock { done in
-                        defer { done = true }
-                        return !done
-                    }
-                    if first { continuation.resume() }
-                }
-            } catch {
-                continuation.resume()
-            }
-        }
-    }
-}
-
-/// A detached POSIX thread for a blocking loop.
-enum Thread {
-    static func detach(_ body: @escaping @Sendable () -> Void) {
-        final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(Box(body)).toOpaque()
-        pthread_create(&thread, nil, { Unmanaged<Box>.fromOpaque($0!).takeRetainedValue().body(); return nil }, context)
-        pthread_detach(thread)
     }
 }
 

@@ -1,15 +1,18 @@
 import Glibc
 
-/// Starts a detached POSIX thread: the escrow holder's loop runs on one so that it serves claims
-/// whatever the caller's threads are doing.
-enum DetachedThread {
+/// Starts a detached POSIX thread, for a blocking loop that must run whatever the caller's threads
+/// (or Swift's cooperative pool) are doing: the escrow holder's loop, a `SharedListenerAcceptor`-style
+/// blocking `accept`.
+public enum DetachedThread {
     private final class Box {
         let body: @Sendable () -> Void
         init(_ body: @escaping @Sendable () -> Void) { self.body = body }
     }
 
     /// Runs `body` on a new detached thread.
-    static func start(_ body: @escaping @Sendable () -> Void) throws(SocketShareError) {
+    ///
+    /// - Throws: ``SocketShareError`` (`system`) when `pthread_create` fails; `body` is then not run.
+    public static func start(_ body: @escaping @Sendable () -> Void) throws(SocketShareError) {
         let context = Unmanaged.passRetained(Box(body)).toOpaque()
         var attributes = pthread_attr_t()
         pthread_attr_init(&attributes)

@@ -46,6 +46,25 @@ public enum SignalPipe {
         }
     }
 
+    /// Waits until the first of `signals` arrives (for a server: `[SIGTERM, SIGINT]`); returns at
+    /// once when the signals cannot be routed, so a caller never waits forever on a failed install.
+    public static func waitForAny(_ signals: [CInt]) async {
+        let resumed = Locked(false)
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            do throws(SocketShareError) {
+                try handle(signals) { _ in
+                    let first = resumed.withLock { done in
+                        defer { done = true }
+                        return !done
+                    }
+                    if first { continuation.resume() }
+                }
+            } catch {
+                continuation.resume()
+            }
+        }
+    }
+
     /// Reads one signal number, waiting until `deadline`; nil when none arrived.
     public static func next(deadline: ContinuousClock.Instant?) throws(SocketShareError) -> CInt? {
         guard readEnd >= 0 else { return nil }

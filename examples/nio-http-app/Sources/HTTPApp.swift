@@ -61,10 +61,10 @@ enum HTTPApp {
         for (name, listener) in listeners {
             let acceptor = SharedListenerAcceptor(listener: listener) { bootstrap(group, routes, listenerName: name) }
             acceptors.append(acceptor)
-            BackgroundThread.run { acceptor.run() }
+            try DetachedThread.start { acceptor.run() }
         }
         try? SystemdNotifier.fromEnvironment()?.notify("READY=1\nSTATUS=http-app pid \(getpid()) accepting")
-        await Termination.wait()
+        await SignalPipe.waitForAny([SIGTERM, SIGINT])
         for acceptor in acceptors { acceptor.stop() }
         await drain { Connections.open.load(ordering: .relaxed) }
     }
@@ -92,36 +92,5 @@ enum HTTPApp {
         while open() > 0, ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(10))
         }
-    }
-}
-
-/// Waits until SIGTERM or SIGINT arrives.
-enum Termination {
-    static func wait() async {
-        let resumed = Locked(false)
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            do {
-                try SignalPipe.handle([SIGTERM, SIGINT]) { _ in
-                    let first = resumed.withLock { done in
-                        defer { done = true }
-                        return !done
-                    }
-                    if first { continuation.resume() }
-                }
-            } catch {
-                continuation.resume()
-            }
-        }
-    }
-}
-
-/// Runs a blocking loop on its own POSIX thread.
-enum BackgroundThread {
-    static func run(_ body: @escaping @Sendable () -> Void) {
-        final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
-        var thread = pthread_t()
-        pthread_create(&thread, nil, { Unmanaged<Box>.fromOpaque($0!).takeRetainedValue().body(); return nil },
-                       Unmanaged.passRetained(Box(body)).toOpaque())
-        pthread_detach(thread)
     }
 }
