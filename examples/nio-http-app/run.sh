@@ -22,7 +22,11 @@ for mode in handoff shared; do
     curl -sS --max-time 5 --data-binary @"$work/body" "$url/echo" -o "$work/echoed"
     cmp -s "$work/body" "$work/echoed" || fail "$mode: the echoed body differs"
     [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/nowhere")" = 404 ] || fail "$mode: no 404"
-    say "$mode: /info, a 100 KB echo and a 404 are right"
+    # Bad input: a delay that is not a number, and a body over the 1 MiB limit.
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/slow?ms=soon")" = 400 ] || fail "$mode: /slow?ms=soon is not a 400"
+    head -c 2000000 /dev/zero > "$work/big"
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --data-binary @"$work/big" "$url/echo")" = 413 ] || fail "$mode: a 2 MB body is not a 413"
+    say "$mode: /info, a 100 KB echo, a 404, a 400 and a 413 are right"
 
     # A reload while a 1.5 s request is in flight: the request finishes on the old worker, the new
     # generation takes the new connections, nothing fails.

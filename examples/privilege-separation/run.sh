@@ -6,6 +6,9 @@ require_root "binds port 80 and switches to the user nobody"
 port=${PORT:-80}
 user=nobody group=nogroup
 chmod 0711 "$work"                    # nobody may pass through (not list) to the broker's directory
+# The worker's program must be readable by nobody, wherever this checkout lives (a private home or
+# temporary directory would not be): it runs from a copy.
+install -m 0644 "$here/worker.py" "$work/worker.py"
 
 # 1. The broker, as root, its directory and socket opened to one group (0710 / 0660).
 export SOCKSHARE_BROKER="$work/broker/broker.sock"
@@ -18,7 +21,7 @@ say "broker: $(stat -c '%A %U:%G' "$work/broker") $work/broker"
 #    socket at descriptor 3. Its stdin is a fifo this shell keeps open (fd 4) to write the token.
 mkfifo "$work/token" && exec 4<>"$work/token"
 setpriv --reuid="$user" --regid="$group" --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs \
-    -- sockshare adopt - --name web -- python3 "$here/worker.py" 1 <&4 4<&- &
+    -- sockshare adopt - --name web -- python3 "$work/worker.py" 1 <&4 4<&- &
 worker=$!
 # The share names the target's uid: share only once the worker has become nobody.
 wait_for runs_as $worker "$(id -u $user)" || fail "the worker did not drop to $user"

@@ -19,6 +19,9 @@ final class HTTPHandler: ChannelInboundHandler {
     let listenerName: String?
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
+    /// A request refused mid-body (413): the rest of its body is read and dropped, then the
+    /// connection closes — closing with unread bytes would reset it before the client reads the 413.
+    private var discarding = false
 
     init(routes: Routes, listenerName: String?) {
         self.routes = routes
@@ -41,14 +44,20 @@ final class HTTPHandler: ChannelInboundHandler {
             self.head = head
             body.removeAll(keepingCapacity: true)
         case .body(var chunk):
-            guard head != nil else { return }  // refused already (413)
+            guard let head, !discarding else { return }
             if body.count + chunk.readableBytes > Self.maximumBody {
-                self.head = nil
-                respond(context, version: .http1_1, keepAlive: false, Response(413, "Content Too Large", "bodies are limited to 1 MiB\n"))
+                discarding = true
+                body = []
+                respond(context, version: head.version, keepAlive: false, closing: false,
+                        Response(413, "Content Too Large", "bodies are limited to 1 MiB\n"))
                 return
             }
             body += chunk.readBytes(length: chunk.readableBytes) ?? []
         case .end:
+            if discarding {
+                context.close(promise: nil)
+                return
+            }
             guard let head else { return }
             self.head = nil
             let (path, query) = Routes.split(head.uri)
@@ -68,7 +77,9 @@ final class HTTPHandler: ChannelInboundHandler {
         }
     }
 
-    private func respond(_ context: ChannelHandlerContext, version: HTTPVersion, keepAlive: Bool, _ response: Response) {
+    private func respond(
+        _ context: ChannelHandlerContext, version: HTTPVersion, keepAlive: Bool, closing: Bool = true, _ response: Response
+    ) {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: response.contentType)
         headers.add(name: "Content-Length", value: "\(response.body.count)")
@@ -77,7 +88,7 @@ final class HTTPHandler: ChannelInboundHandler {
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: response.body)))), promise: nil)
         let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        if !keepAlive {
+        if !keepAlive && closing {
             let channel = context.channel
             written.whenComplete { _ in channel.close(promise: nil) }
         }
