@@ -5,8 +5,13 @@ set -euo pipefail
 examples=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
 name=$(basename "$here")
-export PATH="${SOCKSHARE_BIN:-$(cd "$examples/.." && swift build --show-bin-path)}:$PATH"
-command -v sockshare >/dev/null || { echo "$name: sockshare is not built: run swift build first" >&2; exit 1; }
+if [ -z "${SOCKSHARE_BIN:-}" ]; then
+    command -v swift >/dev/null || {
+        echo "$name: swift is not on PATH (sudo resets it): pass SOCKSHARE_BIN=\"\$(swift build --show-bin-path)\"" >&2; exit 1; }
+    SOCKSHARE_BIN=$(cd "$examples/.." && swift build --show-bin-path)
+fi
+export PATH="$SOCKSHARE_BIN:$PATH"
+[ -x "$SOCKSHARE_BIN/sockshare" ] || { echo "$name: no sockshare in $SOCKSHARE_BIN: run swift build first" >&2; exit 1; }
 work=$(mktemp -d)
 cleanup() {
     local jobs
