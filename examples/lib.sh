@@ -42,3 +42,53 @@ wait_for() {
 # The effective uid of process $1; runs_as PID UID: whether it is that now.
 uid_of() { awk '/^Uid:/ {print $3}' "/proc/$1/status"; }
 runs_as() { [ "$(uid_of "$1")" = "$2" ]; }
+
+# The two HTTP examples (nio-http-app, hummingbird-app) run the same scenario around their own checks.
+#
+# serve_app MODE APP: `sockshare serve` with 2 workers of APP on a free port, in MODE; sets $serve
+# (its pid), $url and $control, and waits until /healthz answers.
+serve_app() {
+    local port
+    port=$(free_port)
+    control="$work/serve-$1.sock"
+    url="http://127.0.0.1:$port"
+    sockshare serve --listen "web=tcp://127.0.0.1:$port" --workers 2 --mode "$1" --control "$control" \
+        --log-level warning -- "$2" &
+    serve=$!
+    wait_for curl -sf --max-time 2 "$url/healthz" -o /dev/null || fail "$1: the app did not come up"
+}
+
+# workers_answer MODE PATTERN: six GET / answers, each `hello from pid N PATTERN`; sets $pids (one
+# per line). In handoff mode round-robin must have reached both workers.
+workers_answer() {
+    pids=$(for _ in 1 2 3 4 5 6; do curl -sS --max-time 5 "$url/"; done | sed -n "s/^hello from pid \([0-9]*\) $2\$/\1/p" | sort -u)
+    [ -n "$pids" ] || fail "$1: no answer from the app"
+    [ "$1" = shared ] || [ "$(wc -l <<<"$pids")" = 2 ] || fail "$1: expected both workers, got: $pids"
+    say "$1: answered by pid(s) $(echo $pids)"
+}
+
+# reload_during_slow_request MODE OLD-PIDS: a reload while a 1.5 s request is in flight — the
+# request finishes on its old worker, and new connections soon go only to the new generation (in
+# shared mode the old workers stop accepting when their SIGTERM arrives, a moment after).
+reload_during_slow_request() {
+    local mode=$1 old=$2 slow after
+    curl -sS --max-time 10 "$url/slow?ms=1500" > "$work/slow" &
+    slow=$!
+    sleep 0.3
+    sockshare reload --control "$control" > /dev/null || fail "$mode: the reload failed"
+    new_generation_answers() {
+        after=$(curl -sS --max-time 5 "$url/" | sed -n 's/^hello from pid \([0-9]*\) .*/\1/p')
+        [ -n "$after" ] && ! grep -qx "$after" <<<"$old"
+    }
+    wait_for new_generation_answers || fail "$mode: old workers still answer after the reload"
+    wait $slow || fail "$mode: the slow request failed across the reload"
+    grep -q "^slept 1500 ms in pid" "$work/slow" || fail "$mode: the slow request got: $(cat "$work/slow")"
+    say "$mode: reloaded while a slow request was in flight: it finished ($(cat "$work/slow")), new pid $after answers"
+}
+
+# stop_serve MODE: SIGTERM, and serve must drain and exit 0.
+stop_serve() {
+    kill -TERM $serve
+    wait $serve || fail "$1: serve did not exit 0 on SIGTERM"
+    say "ok: $1 mode"
+}

@@ -17,9 +17,9 @@ extension SocketShareTests {
 
         /// Runs `examples/<name>/run.sh`; returns its output once it has exited 0, and checks that it
         /// printed `okLines` lines of `<name>: ok: …` and left no new descriptor open in this process.
-        static func runExample(_ name: String, okLines: Int) throws -> String {
+        static func runExample(_ name: String, okLines: Int, environment extra: [String: String] = [:]) throws -> String {
             let before = openDescriptors()
-            var environment = ProcessSpawner.environment
+            var environment = ProcessSpawner.environment.merging(extra) { _, new in new }
             environment["SOCKSHARE_BIN"] = Paths.buildDirectory
             let run = try ProgramRun.run(
                 "bash", [examples + "/\(name)/run.sh"], environment: environment, timeout: .seconds(120))
@@ -52,6 +52,17 @@ extension SocketShareTests {
             }
         }
 
+        /// The Hummingbird example is a package of its own: CI builds it before the tests
+        /// (`swift build --package-path examples/hummingbird-app`).
+        static let hummingbirdApp = examples + "/hummingbird-app/.build/debug/hummingbird-app"
+
+        @Test(.enabled(if: access(hummingbirdApp, X_OK) == 0, "examples/hummingbird-app is not built"))
+        func hummingbirdAppInHandoffAndSharedMode() throws {
+            let output = try Self.runExample("hummingbird-app", okLines: 2, environment: ["HUMMINGBIRD_APP": Self.hummingbirdApp])
+            #expect(output.contains("handoff: reloaded while a slow request was in flight: it finished"))
+            #expect(output.contains("shared: reloaded while a slow request was in flight: it finished"))
+        }
+
         @Test(.enabled(if: getuid() == 0, "binds port 80 and switches to nobody: needs root"))
         func privilegeSeparation() throws {
             let output = try Self.runExample("privilege-separation", okLines: 1)
@@ -75,7 +86,9 @@ extension SocketShareTests {
         }
 
         /// Every example has its page, its script, and the page tells how to run the script.
-        @Test(arguments: ["privilege-separation", "network-namespaces", "winsock-porting", "any-language", "nio-http-app", "systemd"])
+        @Test(arguments: [
+            "privilege-separation", "network-namespaces", "winsock-porting", "any-language", "nio-http-app", "hummingbird-app", "systemd",
+        ])
         func everyExampleHasAPageThatRunsIt(_ name: String) throws {
             let page = String(decoding: try Kernel.readFile(Self.examples + "/\(name)/README.md"), as: UTF8.self)
             let runs = name == "winsock-porting" ? "swift run winsock-port" : "examples/\(name)/run.sh"
