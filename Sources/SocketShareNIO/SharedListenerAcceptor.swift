@@ -27,6 +27,8 @@ public final class SharedListenerAcceptor: Sendable {
     private let state = Locked<(thread: pthread_t?, stopping: Bool, running: Bool)>((nil, false, false))
     /// Connections accepted whose channels are not registered and active yet.
     private let registering = Atomic<Int>(0)
+    /// Connections accepted whose channels have not closed (or whose registration failed).
+    private let active = Atomic<Int>(0)
 
     /// Prepares to accept on `listener`, initialising each connection with the channel initializer
     /// of the bootstrap `makeBootstrap` returns (called once, on the accepting thread). The acceptor
@@ -63,7 +65,12 @@ public final class SharedListenerAcceptor: Sendable {
                     continue
                 }
                 registering.add(1, ordering: .relaxed)
-                bootstrap.withConnectedSocket(connection.release()).whenComplete { [self] _ in
+                active.add(1, ordering: .relaxed)
+                bootstrap.withConnectedSocket(connection.release()).whenComplete { [self] result in
+                    switch result {
+                    case .success(let channel): channel.closeFuture.whenComplete { [self] _ in active.subtract(1, ordering: .relaxed) }
+                    case .failure: active.subtract(1, ordering: .relaxed)
+                    }
                     registering.subtract(1, ordering: .relaxed)
                 }
             } catch {
@@ -75,6 +82,10 @@ public final class SharedListenerAcceptor: Sendable {
             }
         }
     }
+
+    /// How many connections this acceptor took whose channels have not closed yet: after ``stop()``,
+    /// a draining worker waits for it to reach 0 (as `WorkerConnections.activeCount` in handoff mode).
+    public var activeCount: Int { active.load(ordering: .relaxed) }
 
     /// Stops accepting and returns once ``run()`` has returned and every connection it accepted is
     /// an active channel (so a caller that then waits for open channels to close misses none).

@@ -14,25 +14,9 @@ import SocketShare
 import SocketShareNIO
 import Synchronization
 
-/// Open connections, and whether the worker is draining (then each answer closes its connection).
+/// Whether the worker is draining (then each answer closes its connection).
 enum Connections {
-    static let open = Atomic<Int>(0)
     static let draining = Atomic<Bool>(false)
-}
-
-/// Counts a connection while it is open.
-final class CountingHandler: ChannelInboundHandler, Sendable {
-    typealias InboundIn = NIOAny
-
-    func channelActive(context: ChannelHandlerContext) {
-        Connections.open.add(1, ordering: .relaxed)
-        context.fireChannelActive()
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        Connections.open.subtract(1, ordering: .relaxed)
-        context.fireChannelInactive()
-    }
 }
 
 /// Answers each request; closes after the response when the request asked for it, or when the
@@ -68,9 +52,7 @@ final class HelloHandler: ChannelInboundHandler, Sendable {
 @main
 enum HelloWorker {
     static func initialize(_ channel: Channel) -> EventLoopFuture<Void> {
-        channel.pipeline.addHandler(CountingHandler()).flatMap {
-            channel.pipeline.configureHTTPServerPipeline(withErrorHandling: true)
-        }.flatMap {
+        channel.pipeline.configureHTTPServerPipeline(withErrorHandling: true).flatMap {
             channel.pipeline.addHandler(HelloHandler())
         }
     }
@@ -128,9 +110,8 @@ enum HelloWorker {
         }
         try? SystemdNotifier.fromEnvironment()?.notify("READY=1\nSTATUS=hello-worker accepting")
         await SignalPipe.waitForAny([SIGTERM, SIGINT])
-        // stop() returns once every connection it accepted is an active channel, counted below.
         for acceptor in acceptors { acceptor.stop() }
-        await drain(limit: .seconds(60)) { Connections.open.load(ordering: .relaxed) }
+        await drain(limit: .seconds(60)) { acceptors.reduce(0) { $0 + $1.activeCount } }
     }
 
     static func serveAlone(_ arguments: [String], group: EventLoopGroup) async throws {

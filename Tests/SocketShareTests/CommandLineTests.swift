@@ -7,15 +7,10 @@ extension SocketShareTests {
     @Suite struct CommandLineTests {
         init() { TestEnvironment.prepare() }
 
-        static let scripts: String = {
-            // Tests/SocketShareTests/CommandLineTests.swift -> Tests/Scripts
-            let file = #filePath
-            let tests = file[..<file.lastIndex(of: "/")!]
-            return String(tests[..<tests.lastIndex(of: "/")!]) + "/Scripts"
-        }()
+        static let scripts = Paths.sourceRoot + "/Tests/Scripts"
 
         /// The cookbook's Python clients (examples/any-language), which these tests also run.
-        static let anyLanguage = scripts + "/../../examples/any-language"
+        static let anyLanguage = Paths.sourceRoot + "/examples/any-language"
 
         @Test func theDemoPasses() throws {
             let run = try ProgramRun.run(Paths.sockshare, ["demo"])
@@ -82,8 +77,8 @@ extension SocketShareTests {
             ("WORKERS.md", "Tests/Scripts/worker.py"),
         ])
         func theDocumentedPythonClientsAreTheTestedOnes(_ page: String, _ path: String) throws {
-            let document = String(decoding: try Kernel.readFile(CommandLineTests.scripts + "/../../docs/" + page), as: UTF8.self)
-            let script = String(decoding: try Kernel.readFile(CommandLineTests.scripts + "/../../" + path), as: UTF8.self)
+            let document = String(decoding: try Kernel.readFile(Paths.sourceRoot + "/docs/" + page), as: UTF8.self)
+            let script = String(decoding: try Kernel.readFile(Paths.sourceRoot + "/" + path), as: UTF8.self)
             #expect(document.contains("```python\n" + script + "```"))
         }
 

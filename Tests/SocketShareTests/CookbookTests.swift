@@ -8,12 +8,7 @@ extension SocketShareTests {
     @Suite struct CookbookTests {
         init() { TestEnvironment.prepare() }
 
-        static let examples: String = {
-            // Tests/SocketShareTests/CookbookTests.swift -> examples
-            let file = #filePath
-            let tests = file[..<file.lastIndex(of: "/")!]
-            return String(tests[..<tests.lastIndex(of: "/")!]) + "/../examples"
-        }()
+        static let examples = Paths.sourceRoot + "/examples"
 
         /// Runs `examples/<name>/run.sh`; returns its output once it has exited 0, and checks that it
         /// printed `okLines` lines of `<name>: ok: …` and left no new descriptor open in this process.

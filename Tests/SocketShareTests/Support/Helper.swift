@@ -10,6 +10,12 @@ enum Paths {
     }()
     static let helper = buildDirectory + "/sockshare-test-helper"
     static let sockshare = buildDirectory + "/sockshare"
+    /// The package's source directory: this file's path without its last four components.
+    static let sourceRoot: String = {
+        var path = Substring(#filePath)
+        for _ in 0..<4 { path = path[..<path.lastIndex(of: "/")!] }
+        return String(path)
+    }()
 }
 
 /// What the helper said when a command failed.

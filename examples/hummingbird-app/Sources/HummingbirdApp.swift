@@ -16,10 +16,6 @@ import NIOCore
 import NIOPosix
 import SocketShare
 import SocketShareNIO
-import Synchronization
-
-/// Connections whose channels are open.
-let openConnections = Atomic<Int>(0)
 
 @main
 enum HummingbirdApp {
@@ -46,7 +42,8 @@ enum HummingbirdApp {
             try? SystemdNotifier.fromEnvironment()?.notify("READY=1\nSTATUS=hummingbird-app pid \(getpid()) accepting")
             await SignalPipe.waitForAny([SIGTERM, SIGINT])
             for acceptor in acceptors { acceptor.stop() }
-            await drain { openConnections.load(ordering: .relaxed) }
+            let stopped = acceptors
+            await drain { stopped.reduce(0) { $0 + $1.activeCount } }
         } else {
             let message = "hummingbird-app: no sockets: run me under `sockshare serve` (handoff or shared mode) or with LISTEN_FDS\n"
             _ = message.withCString { write(2, $0, strlen($0)) }
@@ -113,9 +110,7 @@ struct ConnectionServer: Sendable {
     func bootstrap() -> ClientBootstrap {
         let http1 = self.http1, logger = self.logger
         return ClientBootstrap(group: group).channelInitializer { channel in
-            openConnections.add(1, ordering: .relaxed)
-            channel.closeFuture.whenComplete { _ in openConnections.subtract(1, ordering: .relaxed) }
-            return http1.setup(channel: channel, logger: logger).map { value in
+            http1.setup(channel: channel, logger: logger).map { value in
                 Task { await http1.handle(value: value, logger: logger) }
             }
         }

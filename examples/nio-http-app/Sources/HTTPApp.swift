@@ -66,7 +66,7 @@ enum HTTPApp {
         try? SystemdNotifier.fromEnvironment()?.notify("READY=1\nSTATUS=http-app pid \(getpid()) accepting")
         await SignalPipe.waitForAny([SIGTERM, SIGINT])
         for acceptor in acceptors { acceptor.stop() }
-        await drain { Connections.open.load(ordering: .relaxed) }
+        await drain { acceptors.reduce(0) { $0 + $1.activeCount } }
     }
 
     /// Alone: `--bind HOST:PORT`, for trying the app without sockshare.

@@ -2,9 +2,8 @@ import NIOCore
 import NIOHTTP1
 import Synchronization
 
-/// Open connections and whether the app is draining (then each answer closes its connection).
+/// Whether the app is draining (then each answer closes its connection).
 enum Connections {
-    static let open = Atomic<Int>(0)
     static let draining = Atomic<Bool>(false)
 }
 
@@ -26,16 +25,6 @@ final class HTTPHandler: ChannelInboundHandler {
     init(routes: Routes, listenerName: String?) {
         self.routes = routes
         self.listenerName = listenerName
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        Connections.open.add(1, ordering: .relaxed)
-        context.fireChannelActive()
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        Connections.open.subtract(1, ordering: .relaxed)
-        context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
