@@ -1,9 +1,6 @@
 import Glibc
-import NIOCore
-import NIOPosix
 import Testing
 @testable import SocketShare
-@testable import SocketShareNIO
 
 /// `sockshare serve` in shared mode, with the example worker, with systemd's variables, and its errors.
 extension SocketShareTests {
@@ -99,30 +96,10 @@ extension SocketShareTests {
             }
         }
 
-        /// SwiftNIO re-`listen`s an adopted socket with a backlog of 128; the adapter puts it back.
-        @Test func theNIOAdapterKeepsAnAdoptedListenersBacklog() async throws {
-            let listener = try SocketDescriptor.listening(on: .ipv4(host: "127.0.0.1", port: 0), backlog: 1000)
-            let address = try listener.socketDescription().localAddress
-            let holder = try listener.duplicate()   // another holder of the same socket, as in shared mode
-            #expect(ListenBacklog.current(of: holder.rawValue) == 1000)
-            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-            let channel = try await ServerBootstrap(group: group)
-                .childChannelInitializer { channel in
-                    channel.pipeline.addHandler(GreetAndClose())
-                }
-                .withBoundSocket(adopting: listener).get()
-            #expect(ListenBacklog.current(of: holder.rawValue) == 1000, "kept for every holder")
-            let client = try SocketDescriptor.connected(to: address)
-            #expect(try client.waitUntilReadable(deadline: .now + .seconds(5)))
-            #expect(String(decoding: try client.receive(), as: UTF8.self) == "adopted by NIO")
-            try await channel.close()
-            try await group.shutdownGracefully()
-        }
-
         @Test func workerMessagesRoundTripAndRejectGarbage() throws {
             let messages: [WorkerMessage] = [
                 .connections([HandedConnection(id: 7, listenerName: "web", peerAddress: "127.0.0.1:5", localAddress: "[::1]:80")]),
-                .stop, .accepted([1, 2, 3], active: 9), .refused([4]), .load(active: 2), .ready,
+                .stop, .accepted([1, 2, 3], active: 9), .refused([4]), .load(active: 2), .ready, .doorbell, .leaving,
             ]
             for message in messages { #expect(try WorkerMessage(bytes: message.bytes) == message) }
             for bytes in [[UInt8](), [2, 0x21], [1, 0x99], [1, 0x21, 0, 5], [1, 0x31, 0, 0, 0, 0, 0, 2, 0]] {
@@ -144,18 +121,6 @@ extension SocketShareTests {
                 return
             }
             #expect(decoded[0].listenerName == String(repeating: "é", count: 127))
-        }
-    }
-}
-
-/// Writes a greeting as soon as a connection is active, then closes it.
-private final class GreetAndClose: ChannelInboundHandler, Sendable {
-    typealias InboundIn = ByteBuffer
-
-    func channelActive(context: ChannelHandlerContext) {
-        let channel = context.channel
-        context.writeAndFlush(NIOAny(context.channel.allocator.buffer(string: "adopted by NIO"))).whenComplete { _ in
-            channel.close(promise: nil)
         }
     }
 }

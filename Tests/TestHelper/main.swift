@@ -259,26 +259,49 @@ if CommandLine.arguments.dropFirst().first == "--probe-fds" {
     exit(0)
 }
 
-/// A handoff worker for the tests: `--worker MODE [MILLISECONDS]`.
+/// A handoff worker for the tests, speaking the worker protocol (docs/WORKERS.md) itself, with
+/// blocking calls: `--worker MODE [MILLISECONDS]`.
 ///   serve: answer each connection's first request at once (HTTP/1.0, naming this pid), then close it;
 ///   slow:  the same, one connection at a time, after MILLISECONDS;
 ///   refuse: refuse every connection (the dispatcher gives them to another worker);
 ///   stubborn: serve, but ignore the dispatcher's stop and SIGTERM (only SIGKILL ends it).
-func runWorker(_ mode: String, delay: Int) async {
+func runWorker(_ mode: String, delay: Int) {
     if mode == "stubborn" { signal(SIGTERM, SIG_IGN) }
-    guard let connections = try? WorkerConnections.fromEnvironment(admitting: { _ in mode != "refuse" }) else {
+    guard let socket = try? WorkerChannel.fromEnvironment() else {
         answer(["error", "not a handoff worker"])
         exit(2)
     }
-    try? connections.ready()
-    for await connection in connections {
-        if mode == "slow" { usleep(useconds_t(delay * 1000)) }
-        let socket = connection.descriptor
-        if (try? socket.waitUntilReadable(deadline: .now + .seconds(10))) == true { _ = try? socket.receive() }
-        let body = "hello from \(getpid())\n"
-        try? socket.sendAll(Array("HTTP/1.0 200 OK\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8))
-        try? socket.close()
-        connection.finished()
+    let channel = DescriptorChannel(socket)
+    try? channel.send(WorkerMessage.ready.bytes)
+    var active = 0
+    receiving: while let message = try? channel.receive(maximumBytes: WorkerMessage.maximumLength) {
+        switch try? WorkerMessage(bytes: message.bytes) {
+        case .connections(let handed)? where handed.count == message.descriptorCount:
+            let descriptors = message.takeDescriptors()
+            let ids = handed.map(\.id)
+            if mode == "refuse" {
+                for descriptor in descriptors { try? descriptor.close() }
+                try? channel.send(WorkerMessage.refused(ids).bytes)
+                continue
+            }
+            FaultPoint.reached("worker.beforeAcknowledge")
+            active += descriptors.count
+            try? channel.send(WorkerMessage.accepted(ids, active: UInt32(active)).bytes)
+            for connection in descriptors {
+                if mode == "slow" { usleep(useconds_t(delay * 1000)) }
+                if (try? connection.waitUntilReadable(deadline: .now + .seconds(10))) == true { _ = try? connection.receive() }
+                let body = "hello from \(getpid())\n"
+                try? connection.sendAll(Array("HTTP/1.0 200 OK\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8))
+                try? connection.close()
+                active -= 1
+            }
+            try? channel.send(WorkerMessage.load(active: UInt32(active)).bytes)
+        case .stop?, nil:
+            message.closeDescriptors()
+            break receiving
+        default:
+            message.closeDescriptors()
+        }
     }
     if mode == "stubborn" {
         while true { sleep(60) }
@@ -289,7 +312,7 @@ func runWorker(_ mode: String, delay: Int) async {
 signal(SIGPIPE, SIG_IGN)
 if CommandLine.arguments.dropFirst().first == "--worker" {
     let arguments = Array(CommandLine.arguments.dropFirst(2))
-    await runWorker(arguments.first ?? "serve", delay: arguments.count > 1 ? Int(arguments[1]) ?? 0 : 0)
+    runWorker(arguments.first ?? "serve", delay: arguments.count > 1 ? Int(arguments[1]) ?? 0 : 0)
 }
 while let line = readLine() {
     let words = line.split(separator: " ").map(String.init)

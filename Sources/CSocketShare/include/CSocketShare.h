@@ -2,7 +2,8 @@
 //
 // - the CMSG_* macros (function-like macros are not imported into Swift),
 // - raw syscall(2) for calls glibc does not wrap (pidfd_open, pidfd_getfd, pidfd_send_signal),
-// - GNU-only declarations (accept4, struct ucred, posix_spawn_file_actions_addclosefrom_np).
+// - GNU-only declarations (accept4, struct ucred, posix_spawn_file_actions_addclosefrom_np),
+// - the Linux headers Glibc's Swift module leaves out (epoll, eventfd).
 //
 // Everything else lives in Swift, in Sources/SocketShare/Kernel.
 #ifndef CSOCKETSHARE_H
@@ -10,6 +11,8 @@
 
 #include <spawn.h>
 #include <stddef.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 

@@ -26,6 +26,9 @@ extension Dispatcher {
         var isStalled = false
         /// Whether connections go to it (a reload's new generation waits to be promoted).
         var isAccepting: Bool
+        /// The worker's doorbell (``WorkerMessage/doorbell``): one byte is written to it after each
+        /// message sent to the worker.
+        var doorbell: SocketDescriptor?
 
         init(pid: pid_t, generation: Int, channel: DescriptorChannel, accepting: Bool) {
             self.pid = pid
@@ -74,8 +77,10 @@ extension Dispatcher {
     private func step(_ loop: inout Loop) -> Bool {
         for command in shared.withLock({ state in defer { state.commands.removeAll() }; return state.commands }) {
             switch command {
-            case .add(let channel, let pid, let generation, let accepting):
-                loop.workers.append(Worker(pid: pid, generation: generation, channel: channel, accepting: accepting))
+            case .add(let channel, let pid, let generation, let accepting, let doorbell):
+                let worker = Worker(pid: pid, generation: generation, channel: channel, accepting: accepting)
+                worker.doorbell = doorbell
+                loop.workers.append(worker)
                 configuration.logger.debug("worker added", metadata: ["pid": "\(pid)", "generation": "\(generation)"])
             case .retire(let pid):
                 for worker in loop.workers where worker.pid == pid && !worker.isRetired {
@@ -125,6 +130,7 @@ extension Dispatcher {
             if settled || ContinuousClock.now >= deadline {
                 for worker in loop.workers {
                     try? worker.channel.send(WorkerMessage.stop.bytes, deadline: .now + .milliseconds(100))
+                    ring(worker)
                 }
                 configuration.logger.info("dispatcher stopped", metadata: ["unsettled": "\(loop.waiting.count)"])
                 publish(loop)
@@ -222,6 +228,7 @@ extension Dispatcher {
                 })
                 do throws(SocketShareError) {
                     try worker.channel.send(message.bytes, descriptors: slice.map(\.socket.rawValue), deadline: .now)
+                    ring(worker)
                     FaultPoint.reached("dispatch.afterSend")
                     let now = ContinuousClock.now
                     for var pending in slice {
@@ -276,11 +283,17 @@ extension Dispatcher {
                 return error.code == .timedOut
             }
             guard let message else { return false }
-            message.closeDescriptors()
             guard let decoded = try? WorkerMessage(bytes: message.bytes) else {
+                message.closeDescriptors()
                 configuration.logger.warning("worker sent a message that is not the worker protocol", metadata: ["pid": "\(worker.pid)"])
                 return false
             }
+            if decoded == .doorbell && message.descriptorCount == 1 && worker.doorbell == nil {
+                worker.doorbell = message.takeDescriptors().first
+                // Messages sent before the doorbell arrived were not rung for.
+                ring(worker)
+            }
+            message.closeDescriptors()
             switch decoded {
             case .accepted(let ids, let active):
                 for id in ids {
@@ -304,6 +317,16 @@ extension Dispatcher {
             case .ready:
                 worker.isReady = true
                 configuration.onReady?(worker.pid)
+            case .doorbell:
+                guard worker.doorbell != nil else {
+                    configuration.logger.warning("worker sent a doorbell message without a socket", metadata: ["pid": "\(worker.pid)"])
+                    return false
+                }
+            case .leaving:
+                if !worker.isRetired {
+                    configuration.logger.info("worker is leaving", metadata: ["pid": "\(worker.pid)"])
+                    retire(worker)
+                }
             case .connections, .stop:
                 return false
             }
@@ -315,6 +338,15 @@ extension Dispatcher {
     private func retire(_ worker: Worker) {
         worker.isRetired = true
         try? worker.channel.send(WorkerMessage.stop.bytes, deadline: .now + .seconds(1))
+        ring(worker)
+    }
+
+    /// Writes one byte to the worker's doorbell, if it has one. A full doorbell already has bytes
+    /// waiting to be read, so `EAGAIN` needs nothing more.
+    private func ring(_ worker: Worker) {
+        guard let doorbell = worker.doorbell else { return }
+        var byte: UInt8 = 1
+        _ = Glibc.send(doorbell.rawValue, &byte, 1, Kernel.dontWait | Kernel.noSignal)
     }
 
     /// Drops a worker that exited or closed its channel; what it had not acknowledged goes to others.
@@ -325,6 +357,7 @@ extension Dispatcher {
         loop.waiting.insert(contentsOf: orphans, at: 0)
         loop.redispatched += orphans.count
         try? worker.channel.close()
+        try? worker.doorbell?.close()
         configuration.logger.notice("worker \(reason)", metadata: [
             "pid": "\(worker.pid)", "redispatched": "\(orphans.count)",
         ])
@@ -350,7 +383,9 @@ extension Dispatcher {
                 pid: worker.pid, generation: worker.generation, handled: worker.handled, inFlight: worker.inFlight,
                 unacknowledged: worker.unacknowledged.count, isReady: worker.isReady, isAccepting: worker.isEligible)
         }
-        let channels = loop.workers.map { ($0.pid, $0.generation, $0.isAccepting, $0.channel) }
+        let channels = loop.workers.map {
+            WorkerChannelState(pid: $0.pid, generation: $0.generation, accepting: $0.isAccepting, channel: $0.channel, doorbell: $0.doorbell)
+        }
         let settled = loop.waiting.isEmpty && loop.workers.allSatisfy { $0.unacknowledged.isEmpty }
         shared.withLock { state in
             state.statistics = Statistics(

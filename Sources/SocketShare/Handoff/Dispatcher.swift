@@ -104,7 +104,7 @@ public final class Dispatcher: Sendable {
 
     /// Requests from other threads, taken by the loop.
     enum Command {
-        case add(DescriptorChannel, pid: pid_t, generation: Int, accepting: Bool)
+        case add(DescriptorChannel, pid: pid_t, generation: Int, accepting: Bool, doorbell: SocketDescriptor?)
         case retire(pid_t)
         case promote(generation: Int)
         case pause
@@ -118,7 +118,7 @@ public final class Dispatcher: Sendable {
         var commands: [Command] = []
         var statistics = Statistics(accepted: 0, redispatched: 0, waiting: 0, workers: [])
         /// Workers and their channels, for a supervisor handing everything to its successor.
-        var channels: [(pid: pid_t, generation: Int, accepting: Bool, channel: DescriptorChannel)] = []
+        var channels: [WorkerChannelState] = []
         var settled = true
         var frozen = false
         var finished = false
@@ -172,8 +172,12 @@ public final class Dispatcher: Sendable {
     ///   - generation: The generation the worker belongs to (a reload starts the next one).
     ///   - accepting: Whether connections go to it now; a worker of a generation that is
     ///     still proving itself (a reload) waits for ``promote(generation:)``.
-    public func addWorker(_ channel: DescriptorChannel, pid: pid_t, generation: Int, accepting: Bool = true) {
-        post(.add(channel, pid: pid, generation: generation, accepting: accepting))
+    ///   - doorbell: The worker's doorbell, when a predecessor supervisor hands one over (a worker
+    ///     otherwise sends it on its channel).
+    public func addWorker(
+        _ channel: DescriptorChannel, pid: pid_t, generation: Int, accepting: Bool = true, doorbell: SocketDescriptor? = nil
+    ) {
+        post(.add(channel, pid: pid, generation: generation, accepting: accepting, doorbell: doorbell))
     }
 
     /// Makes `generation`'s workers take connections, and retires every other worker: it gets no
@@ -205,8 +209,23 @@ public final class Dispatcher: Sendable {
     /// Whether nothing is waiting in the dispatcher and every connection sent was acknowledged.
     public var isSettled: Bool { shared.withLock { $0.settled } }
 
+    /// A worker as a successor supervisor takes it over: the dispatcher's end of its channel, and
+    /// its doorbell if it gave one (``WorkerMessage/doorbell``).
+    public struct WorkerChannelState: Sendable {
+        /// The worker's pid.
+        public var pid: pid_t
+        /// Its generation.
+        public var generation: Int
+        /// Whether connections go to it.
+        public var accepting: Bool
+        /// The dispatcher's end of its channel.
+        public var channel: DescriptorChannel
+        /// The worker's doorbell, rung after each message sent to it.
+        public var doorbell: SocketDescriptor?
+    }
+
     /// The workers and the dispatcher's ends of their channels (for a successor supervisor).
-    public var workerChannels: [(pid: pid_t, generation: Int, accepting: Bool, channel: DescriptorChannel)] {
+    public var workerChannels: [WorkerChannelState] {
         shared.withLock { $0.channels }
     }
 

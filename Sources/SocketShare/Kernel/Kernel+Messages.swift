@@ -4,22 +4,22 @@ import Glibc
 extension Kernel {
     /// The most descriptors we put in one message. The kernel allows 253 (`SCM_MAX_FD`); HAProxy
     /// learned on musl to stay one below, and so do we.
-    static let maximumDescriptorsPerMessage = 252
+    package static let maximumDescriptorsPerMessage = 252
 
     /// What one `recvmsg` delivered.
-    struct ReceivedMessage {
+    package struct ReceivedMessage {
         /// Bytes of data placed in the buffer.
-        var byteCount: Int
+        package var byteCount: Int
         /// Descriptors that arrived, already close-on-exec. The caller owns them.
-        var descriptors: [CInt]
+        package var descriptors: [CInt]
         /// The `msg_flags` the kernel returned.
-        var flags: CInt
+        package var flags: CInt
     }
 
     /// `sendmsg(2)` of `bytes` plus `descriptors` as one `SCM_RIGHTS` message, with `MSG_NOSIGNAL`.
     ///
     /// Returns the bytes sent; on a `SOCK_SEQPACKET` socket that is all of them or an error.
-    static func sendMessage(
+    package static func sendMessage(
         _ fd: CInt, _ bytes: UnsafeRawBufferPointer, descriptors: [CInt], flags: CInt = 0
     ) throws(SocketShareError) -> Int {
         precondition(descriptors.count <= maximumDescriptorsPerMessage, "at most 252 descriptors per message")
@@ -62,7 +62,7 @@ extension Kernel {
     /// (`MSG_CTRUNC`) or the data did not fit (`MSG_TRUNC`), every descriptor that did arrive is
     /// closed and the call throws, so nothing leaks. Returns nil on `EAGAIN` when `flags` holds
     /// `MSG_DONTWAIT` or the socket is non-blocking.
-    static func receiveMessage(
+    package static func receiveMessage(
         _ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, maximumDescriptors: Int, flags: CInt = 0
     ) throws(SocketShareError) -> ReceivedMessage? {
         var iov = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)

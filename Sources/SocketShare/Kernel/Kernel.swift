@@ -7,10 +7,10 @@ import SystemPackage
 /// Every descriptor created here is close-on-exec (`SOCK_CLOEXEC`, `O_CLOEXEC`, `MSG_CMSG_CLOEXEC`,
 /// `F_DUPFD_CLOEXEC`); only ``ProcessSpawner`` places descriptors in a child, at exact numbers.
 /// Callers own the returned raw descriptors and wrap them in ``SocketDescriptor`` at once.
-enum Kernel {
+package enum Kernel {
     /// Runs `body` until it returns something other than -1 with `EINTR`.
     @inline(__always)
-    static func retrying<T: FixedWidthInteger>(
+    package static func retrying<T: FixedWidthInteger>(
         _ operation: String, _ detail: @autoclosure () -> String = "", _ body: () -> T
     ) throws(SocketShareError) -> T {
         while true {
@@ -24,47 +24,47 @@ enum Kernel {
 
     // MARK: Constants that Glibc imports as enums
 
-    static let streamType = CInt(SOCK_STREAM.rawValue)
-    static let datagramType = CInt(SOCK_DGRAM.rawValue)
-    static let seqpacketType = CInt(SOCK_SEQPACKET.rawValue)
-    static let closeOnExecType = CInt(SOCK_CLOEXEC.rawValue)
-    static let nonBlockingType = CInt(SOCK_NONBLOCK.rawValue)
-    static let noSignal = CInt(MSG_NOSIGNAL)
-    static let cmsgCloseOnExec = CInt(MSG_CMSG_CLOEXEC)
-    static let controlTruncated = CInt(MSG_CTRUNC)
-    static let dataTruncated = CInt(MSG_TRUNC)
-    static let dontWait = CInt(MSG_DONTWAIT)
-    static let rightsType = CInt(SCM_RIGHTS)
+    package static let streamType = CInt(SOCK_STREAM.rawValue)
+    package static let datagramType = CInt(SOCK_DGRAM.rawValue)
+    package static let seqpacketType = CInt(SOCK_SEQPACKET.rawValue)
+    package static let closeOnExecType = CInt(SOCK_CLOEXEC.rawValue)
+    package static let nonBlockingType = CInt(SOCK_NONBLOCK.rawValue)
+    package static let noSignal = CInt(MSG_NOSIGNAL)
+    package static let cmsgCloseOnExec = CInt(MSG_CMSG_CLOEXEC)
+    package static let controlTruncated = CInt(MSG_CTRUNC)
+    package static let dataTruncated = CInt(MSG_TRUNC)
+    package static let dontWait = CInt(MSG_DONTWAIT)
+    package static let rightsType = CInt(SCM_RIGHTS)
 
     // MARK: Sockets
 
     /// `socket(2)` with `SOCK_CLOEXEC` always added.
-    static func socket(domain: CInt, type: CInt, protocol proto: CInt = 0) throws(SocketShareError) -> CInt {
+    package static func socket(domain: CInt, type: CInt, protocol proto: CInt = 0) throws(SocketShareError) -> CInt {
         try retrying("socket") { Glibc.socket(domain, type | closeOnExecType, proto) }
     }
 
     /// `socketpair(2)` with `SOCK_CLOEXEC` always added.
-    static func socketPair(domain: CInt, type: CInt) throws(SocketShareError) -> (CInt, CInt) {
+    package static func socketPair(domain: CInt, type: CInt) throws(SocketShareError) -> (CInt, CInt) {
         var pair: [CInt] = [-1, -1]
         _ = try retrying("socketpair") { Glibc.socketpair(domain, type | closeOnExecType, 0, &pair) }
         return (pair[0], pair[1])
     }
 
     /// `bind(2)`.
-    static func bind(_ fd: CInt, to address: SocketAddress) throws(SocketShareError) {
+    package static func bind(_ fd: CInt, to address: SocketAddress) throws(SocketShareError) {
         try address.withSockAddr { (pointer, length) throws(SocketShareError) in
             _ = try retrying("bind", "\(address)") { Glibc.bind(fd, pointer, length) }
         }
     }
 
     /// `listen(2)`.
-    static func listen(_ fd: CInt, backlog: CInt) throws(SocketShareError) {
+    package static func listen(_ fd: CInt, backlog: CInt) throws(SocketShareError) {
         _ = try retrying("listen") { Glibc.listen(fd, backlog) }
     }
 
     /// `connect(2)`. On a blocking socket an interrupted connect completes in the background, so
     /// `EINTR` is followed by waiting for writability rather than by calling connect again.
-    static func connect(_ fd: CInt, to address: SocketAddress) throws(SocketShareError) {
+    package static func connect(_ fd: CInt, to address: SocketAddress) throws(SocketShareError) {
         try address.withSockAddr { (pointer, length) throws(SocketShareError) in
             if Glibc.connect(fd, pointer, length) == 0 { return }
             let error = Glibc.errno
@@ -80,7 +80,7 @@ enum Kernel {
 
     /// `accept4(2)` with `SOCK_CLOEXEC` always added. Returns nil on `EAGAIN` (non-blocking listener).
     /// With `interruptible`, a signal makes it throw `EINTR` instead of trying again.
-    static func accept(_ fd: CInt, flags: CInt = 0, interruptible: Bool = false) throws(SocketShareError) -> CInt? {
+    package static func accept(_ fd: CInt, flags: CInt = 0, interruptible: Bool = false) throws(SocketShareError) -> CInt? {
         while true {
             let result = cs_accept4(fd, nil, nil, flags | closeOnExecType)
             if result >= 0 { return result }
@@ -96,7 +96,7 @@ enum Kernel {
 
     /// `accept4(2)` with `SOCK_CLOEXEC`, returning the peer's address too (one call instead of two).
     /// Returns nil on `EAGAIN`.
-    static func acceptWithPeer(_ fd: CInt, flags: CInt = 0) throws(SocketShareError) -> (CInt, SocketAddress?)? {
+    package static func acceptWithPeer(_ fd: CInt, flags: CInt = 0) throws(SocketShareError) -> (CInt, SocketAddress?)? {
         var storage = sockaddr_storage()
         while true {
             var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
@@ -114,7 +114,7 @@ enum Kernel {
     }
 
     /// `getsockopt(2)` for an `int` option.
-    static func socketOption(_ fd: CInt, _ level: CInt, _ name: CInt) throws(SocketShareError) -> CInt {
+    package static func socketOption(_ fd: CInt, _ level: CInt, _ name: CInt) throws(SocketShareError) -> CInt {
         var value: CInt = 0
         var length = socklen_t(MemoryLayout<CInt>.size)
         _ = try retrying("getsockopt") { Glibc.getsockopt(fd, level, name, &value, &length) }
@@ -122,7 +122,7 @@ enum Kernel {
     }
 
     /// `setsockopt(2)` for an `int` option.
-    static func setSocketOption(_ fd: CInt, _ level: CInt, _ name: CInt, _ value: CInt) throws(SocketShareError) {
+    package static func setSocketOption(_ fd: CInt, _ level: CInt, _ name: CInt, _ value: CInt) throws(SocketShareError) {
         var value = value
         _ = try retrying("setsockopt") {
             Glibc.setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<CInt>.size))
@@ -130,12 +130,12 @@ enum Kernel {
     }
 
     /// `getsockname(2)`.
-    static func localAddress(_ fd: CInt) throws(SocketShareError) -> SocketAddress {
+    package static func localAddress(_ fd: CInt) throws(SocketShareError) -> SocketAddress {
         try SocketAddress.reading(operation: "getsockname") { Glibc.getsockname(fd, $0, $1) }
     }
 
     /// `getpeername(2)`; nil when the socket is not connected.
-    static func peerAddress(_ fd: CInt) throws(SocketShareError) -> SocketAddress? {
+    package static func peerAddress(_ fd: CInt) throws(SocketShareError) -> SocketAddress? {
         do throws(SocketShareError) {
             return try SocketAddress.reading(operation: "getpeername") { Glibc.getpeername(fd, $0, $1) }
         } catch where error.errno?.rawValue == ENOTCONN {
@@ -144,7 +144,7 @@ enum Kernel {
     }
 
     /// `getsockopt(SO_PEERCRED)`: pid, uid and gid of the peer at connect time.
-    static func peerCredentials(_ fd: CInt) throws(SocketShareError) -> (pid: pid_t, uid: uid_t, gid: gid_t) {
+    package static func peerCredentials(_ fd: CInt) throws(SocketShareError) -> (pid: pid_t, uid: uid_t, gid: gid_t) {
         var pid: pid_t = 0
         var uid: uid_t = 0
         var gid: gid_t = 0
@@ -153,7 +153,7 @@ enum Kernel {
     }
 
     /// `getsockopt(SO_PEERPIDFD)` (Linux 6.5): a pidfd of the peer; nil where the kernel lacks it.
-    static func peerProcessDescriptor(_ fd: CInt) throws(SocketShareError) -> CInt? {
+    package static func peerProcessDescriptor(_ fd: CInt) throws(SocketShareError) -> CInt? {
         var value: CInt = -1
         var length = socklen_t(MemoryLayout<CInt>.size)
         while true {
@@ -168,14 +168,14 @@ enum Kernel {
     }
 
     /// `shutdown(2)`.
-    static func shutdown(_ fd: CInt, _ how: CInt) throws(SocketShareError) {
+    package static func shutdown(_ fd: CInt, _ how: CInt) throws(SocketShareError) {
         _ = try retrying("shutdown") { Glibc.shutdown(fd, how) }
     }
 
     // MARK: Descriptors
 
     /// `close(2)`. On Linux the descriptor is released even when close reports `EINTR`, so that is not retried.
-    static func close(_ fd: CInt) throws(SocketShareError) {
+    package static func close(_ fd: CInt) throws(SocketShareError) {
         if Glibc.close(fd) == 0 { return }
         let error = Glibc.errno
         if error == EINTR { return }
@@ -184,12 +184,12 @@ enum Kernel {
     }
 
     /// `fcntl(F_DUPFD_CLOEXEC)`: a close-on-exec duplicate numbered `minimum` or above.
-    static func duplicate(_ fd: CInt, minimum: CInt = 0) throws(SocketShareError) -> CInt {
+    package static func duplicate(_ fd: CInt, minimum: CInt = 0) throws(SocketShareError) -> CInt {
         try retrying("fcntl(F_DUPFD_CLOEXEC)", "descriptor \(fd)") { Glibc.fcntl(fd, F_DUPFD_CLOEXEC, minimum) }
     }
 
     /// `dup3(2)`: makes `target` a copy of `fd`, with close-on-exec when `closeOnExec` is set.
-    static func duplicate(_ fd: CInt, onto target: CInt, closeOnExec: Bool) throws(SocketShareError) {
+    package static func duplicate(_ fd: CInt, onto target: CInt, closeOnExec: Bool) throws(SocketShareError) {
         if fd == target {
             try setCloseOnExec(fd, closeOnExec)
             return
@@ -198,51 +198,51 @@ enum Kernel {
     }
 
     /// `fcntl(F_GETFD)`: the descriptor flags, or nil when `fd` is not open.
-    static func descriptorFlags(_ fd: CInt) -> CInt? {
+    package static func descriptorFlags(_ fd: CInt) -> CInt? {
         let flags = Glibc.fcntl(fd, F_GETFD)
         return flags < 0 ? nil : flags
     }
 
     /// Sets or clears `FD_CLOEXEC`.
-    static func setCloseOnExec(_ fd: CInt, _ on: Bool) throws(SocketShareError) {
+    package static func setCloseOnExec(_ fd: CInt, _ on: Bool) throws(SocketShareError) {
         let flags = try retrying("fcntl(F_GETFD)") { Glibc.fcntl(fd, F_GETFD) }
         let wanted = on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC
         if wanted != flags { _ = try retrying("fcntl(F_SETFD)") { Glibc.fcntl(fd, F_SETFD, wanted) } }
     }
 
     /// `fcntl(F_GETFL)`: the open-file-description status flags (`O_NONBLOCK` among them).
-    static func statusFlags(_ fd: CInt) throws(SocketShareError) -> CInt {
+    package static func statusFlags(_ fd: CInt) throws(SocketShareError) -> CInt {
         try retrying("fcntl(F_GETFL)") { Glibc.fcntl(fd, F_GETFL) }
     }
 
     /// Sets or clears `O_NONBLOCK` on the open file description, which every holder shares.
-    static func setNonBlocking(_ fd: CInt, _ on: Bool) throws(SocketShareError) {
+    package static func setNonBlocking(_ fd: CInt, _ on: Bool) throws(SocketShareError) {
         let flags = try statusFlags(fd)
         let wanted = on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK
         if wanted != flags { _ = try retrying("fcntl(F_SETFL)") { Glibc.fcntl(fd, F_SETFL, wanted) } }
     }
 
     /// `fstat(2)`.
-    static func status(_ fd: CInt) throws(SocketShareError) -> stat {
+    package static func status(_ fd: CInt) throws(SocketShareError) -> stat {
         var info = stat()
         _ = try retrying("fstat", "descriptor \(fd)") { Glibc.fstat(fd, &info) }
         return info
     }
 
     /// `pipe2(O_CLOEXEC)`: (read end, write end).
-    static func pipe() throws(SocketShareError) -> (read: CInt, write: CInt) {
+    package static func pipe() throws(SocketShareError) -> (read: CInt, write: CInt) {
         var ends: [CInt] = [-1, -1]
         _ = try retrying("pipe2") { cs_pipe2(&ends, CInt(O_CLOEXEC)) }
         return (ends[0], ends[1])
     }
 
     /// `read(2)`; 0 means end of file.
-    static func read(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer) throws(SocketShareError) -> Int {
+    package static func read(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer) throws(SocketShareError) -> Int {
         try retrying("read") { Glibc.read(fd, buffer.baseAddress, buffer.count) }
     }
 
     /// Writes all of `bytes`, continuing after short writes.
-    static func writeAll(_ fd: CInt, _ bytes: UnsafeRawBufferPointer) throws(SocketShareError) {
+    package static func writeAll(_ fd: CInt, _ bytes: UnsafeRawBufferPointer) throws(SocketShareError) {
         var offset = 0
         while offset < bytes.count {
             offset += try retrying("write") {
@@ -253,7 +253,7 @@ enum Kernel {
 
     /// `poll(2)` until an event or `deadline` (nil waits forever); EINTR recomputes the remaining time.
     /// Returns the number of descriptors with events; 0 means the deadline passed.
-    static func poll(_ fds: inout [pollfd], deadline: ContinuousClock.Instant?) throws(SocketShareError) -> Int {
+    package static func poll(_ fds: inout [pollfd], deadline: ContinuousClock.Instant?) throws(SocketShareError) -> Int {
         while true {
             let timeout = deadline.map { milliseconds(until: $0) } ?? -1
             let result = Glibc.poll(&fds, nfds_t(fds.count), timeout)
@@ -265,7 +265,7 @@ enum Kernel {
     }
 
     /// Milliseconds from now until `deadline`, rounded up, at least 0, at most `Int32.max`.
-    static func milliseconds(until deadline: ContinuousClock.Instant) -> CInt {
+    package static func milliseconds(until deadline: ContinuousClock.Instant) -> CInt {
         let remaining = ContinuousClock.now.duration(to: deadline)
         if remaining <= .zero { return 0 }
         let (seconds, attoseconds) = remaining.components
@@ -276,12 +276,12 @@ enum Kernel {
     // MARK: Files
 
     /// `open(2)` with `O_CLOEXEC` always added.
-    static func open(_ path: String, _ flags: CInt, mode: mode_t = 0) throws(SocketShareError) -> CInt {
+    package static func open(_ path: String, _ flags: CInt, mode: mode_t = 0) throws(SocketShareError) -> CInt {
         try retrying("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
     }
 
     /// Reads a small file (a `/proc` entry) whole. Throws for a missing file.
-    static func readFile(_ path: String, limit: Int = 1 << 20) throws(SocketShareError) -> [UInt8] {
+    package static func readFile(_ path: String, limit: Int = 1 << 20) throws(SocketShareError) -> [UInt8] {
         let fd = try open(path, O_RDONLY)
         defer { try? close(fd) }
         var bytes: [UInt8] = []
@@ -297,7 +297,7 @@ enum Kernel {
     }
 
     /// `lstat(2)`; nil when nothing exists at `path`.
-    static func linkStatus(_ path: String) throws(SocketShareError) -> stat? {
+    package static func linkStatus(_ path: String) throws(SocketShareError) -> stat? {
         var info = stat()
         while Glibc.lstat(path, &info) != 0 {
             let error = Glibc.errno
@@ -309,7 +309,7 @@ enum Kernel {
     }
 
     /// `mkdir(2)`; returns false when the path already exists.
-    static func makeDirectory(_ path: String, mode: mode_t) throws(SocketShareError) -> Bool {
+    package static func makeDirectory(_ path: String, mode: mode_t) throws(SocketShareError) -> Bool {
         if Glibc.mkdir(path, mode) == 0 { return true }
         let error = Glibc.errno
         if error == EEXIST { return false }
@@ -317,12 +317,12 @@ enum Kernel {
     }
 
     /// `unlink(2)`; a missing file is not an error.
-    static func unlink(_ path: String) {
+    package static func unlink(_ path: String) {
         _ = Glibc.unlink(path)
     }
 
     /// `readlink(2)`; nil when it fails.
-    static func readLink(_ path: String) -> String? {
+    package static func readLink(_ path: String) -> String? {
         var buffer = [CChar](repeating: 0, count: 4096)
         let count = Glibc.readlink(path, &buffer, buffer.count - 1)
         guard count >= 0 else { return nil }
@@ -332,29 +332,29 @@ enum Kernel {
     // MARK: Processes
 
     /// `pidfd_open(2)`: a close-on-exec pidfd.
-    static func openProcess(_ pid: pid_t) throws(SocketShareError) -> CInt {
+    package static func openProcess(_ pid: pid_t) throws(SocketShareError) -> CInt {
         try retrying("pidfd_open", "pid \(pid)") { cs_pidfd_open(pid, 0) }
     }
 
     /// `pidfd_getfd(2)`: a close-on-exec copy of descriptor `fd` of the process behind `pidfd`.
-    static func pullDescriptor(from pidfd: CInt, _ fd: CInt) throws(SocketShareError) -> CInt {
+    package static func pullDescriptor(from pidfd: CInt, _ fd: CInt) throws(SocketShareError) -> CInt {
         try retrying("pidfd_getfd", "descriptor \(fd)") { cs_pidfd_getfd(pidfd, fd, 0) }
     }
 
     /// Whether the process behind a pidfd has exited: the pidfd polls readable from then on, zombie
     /// or reaped (`pidfd_open(2)`).
-    static func hasExited(pidfd: CInt) -> Bool {
+    package static func hasExited(pidfd: CInt) -> Bool {
         var fds = [pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)]
         return ((try? poll(&fds, deadline: .now)) ?? 0) > 0
     }
 
     /// Whether the process behind `pidfd` is still running (`pidfd_send_signal` with signal 0).
-    static func isAlive(_ pidfd: CInt) -> Bool {
+    package static func isAlive(_ pidfd: CInt) -> Bool {
         cs_pidfd_send_signal(pidfd, 0, 0) == 0
     }
 
     /// `kill(2)`.
-    static func signal(_ pid: pid_t, _ signal: CInt) throws(SocketShareError) {
+    package static func signal(_ pid: pid_t, _ signal: CInt) throws(SocketShareError) {
         _ = try retrying("kill", "pid \(pid)") { Glibc.kill(pid, signal) }
     }
 }
@@ -362,13 +362,13 @@ enum Kernel {
 extension Kernel {
     /// The name in a `readdir(3)` entry, read in place: the kernel's record is only as long as the
     /// name needs, so copying the whole `d_name` array would read past it (AddressSanitizer saw it).
-    static func entryName(_ entry: UnsafeMutablePointer<dirent>) -> String {
+    package static func entryName(_ entry: UnsafeMutablePointer<dirent>) -> String {
         let offset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
         return String(cString: (UnsafeRawPointer(entry) + offset).assumingMemoryBound(to: CChar.self))
     }
 
     /// The names in a directory, without `.` and `..`; empty when it cannot be read.
-    static func directoryEntries(_ path: String) -> [String] {
+    package static func directoryEntries(_ path: String) -> [String] {
         guard let directory = opendir(path) else { return [] }
         defer { closedir(directory) }
         var names: [String] = []
@@ -380,7 +380,7 @@ extension Kernel {
     }
 
     /// Whether a process with this pid exists (`kill(pid, 0)`; `EPERM` means it exists).
-    static func processExists(_ pid: pid_t) -> Bool {
+    package static func processExists(_ pid: pid_t) -> Bool {
         Glibc.kill(pid, 0) == 0 || Glibc.errno == EPERM
     }
 }

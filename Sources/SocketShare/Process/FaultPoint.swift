@@ -9,13 +9,13 @@ import Glibc
 /// `PATH` to do so, which lets a test arm every worker of a pool and lose exactly one.
 ///
 /// Unset (always, outside tests), a step costs one comparison with nil.
-enum FaultPoint {
+package enum FaultPoint {
     private static let armed: String? = getenv("SOCKSHARE_FAULT").map { String(cString: $0) }
     private static let once: String? = getenv("SOCKSHARE_FAULT_ONCE").map { String(cString: $0) }
 
     /// Dies here if this is the armed step.
     @inline(__always)
-    static func reached(_ step: StaticString) {
+    package static func reached(_ step: StaticString) {
         guard let armed else { return }
         die(at: step, armed: armed)
     }

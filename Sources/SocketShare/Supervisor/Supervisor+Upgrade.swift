@@ -85,7 +85,10 @@ extension Supervisor {
             let match = channels.first { $0.pid == worker.process.pid }
             if dispatcher != nil && match == nil { continue }
             descriptors.append(pidfd.rawValue)
-            if let match { descriptors.append(match.channel.socket.rawValue) }
+            if let match {
+                descriptors.append(match.channel.socket.rawValue)
+                if let doorbell = match.doorbell { descriptors.append(doorbell.rawValue) }
+            }
             let uptime = now - worker.started
             transferred.append(SupervisorHandover.TransferredWorker(
                 pid: worker.process.pid, slot: worker.slot, generation: worker.generation, isReady: worker.isReady,
@@ -94,7 +97,7 @@ extension Supervisor {
                     let left = now.duration(to: deadline)
                     return max(0, Int(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000))
                 },
-                accepting: match?.accepting ?? true))
+                accepting: match?.accepting ?? true, hasDoorbell: match?.doorbell != nil))
         }
         let handover = SupervisorHandover(
             configuration: configuration, controlPath: controlPath, notifyPath: notifications.path,
@@ -194,13 +197,15 @@ extension Supervisor {
             state.restarts = handover.restarts
             state.lastReload = handover.lastReload
             state.toldServiceManagerReady = true
-            var inherited: [(pid_t, Int, Bool, DescriptorChannel)] = []
+            var inherited: [(pid_t, Int, Bool, DescriptorChannel, SocketDescriptor?)] = []
             let now = ContinuousClock.now
             for worker in handover.workers {
                 let pidfd = try next()
                 let process = try? ProcessDescriptor(taking: pidfd.release(), pid: worker.pid)
                 if handover.configuration.mode == .handoff {
-                    inherited.append((worker.pid, worker.generation, worker.accepting, DescriptorChannel(try next())))
+                    let channel = DescriptorChannel(try next())
+                    let doorbell = worker.hasDoorbell == true ? try next() : nil
+                    inherited.append((worker.pid, worker.generation, worker.accepting, channel, doorbell))
                 }
                 var record = Worker(
                     slot: worker.slot, process: ChildProcess(pid: worker.pid), pidfd: process, generation: worker.generation,
@@ -224,8 +229,8 @@ extension Supervisor {
     /// Adopts the workers a predecessor handed over, then tells it to exit.
     func adoptPredecessorsWorkers() {
         guard let (channel, inherited) = predecessor.withLock({ value in defer { value = nil }; return value }) else { return }
-        for (pid, generation, accepting, workerChannel) in inherited {
-            dispatcher?.addWorker(workerChannel, pid: pid, generation: generation, accepting: accepting)
+        for (pid, generation, accepting, workerChannel, doorbell) in inherited {
+            dispatcher?.addWorker(workerChannel, pid: pid, generation: generation, accepting: accepting, doorbell: doorbell)
         }
         try? channel.send(Self.successorReady, deadline: .now + .seconds(5))
         try? channel.close()

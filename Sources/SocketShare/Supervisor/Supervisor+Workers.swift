@@ -36,7 +36,7 @@ extension Supervisor {
                 let pair = try SocketDescriptor.pair(kind: .seqpacket)
                 channel = pair
                 descriptors[3] = pair.1.rawValue
-                environment[WorkerConnections.environmentVariable] = "3"
+                environment[WorkerChannel.environmentVariable] = "3"
             }
             let child = try ProcessSpawner.spawn(program, arguments: arguments, environment: environment, descriptors: descriptors)
             if let channel {

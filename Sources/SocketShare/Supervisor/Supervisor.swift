@@ -9,12 +9,12 @@ import Logging
 ///   `LISTEN_PID` and `LISTEN_FDNAMES`, so any server that supports systemd socket activation
 ///   works unchanged; the kernel spreads connections among the workers' `accept` calls.
 /// - **handoff** mode: a ``Dispatcher`` accepts and hands each connection to a worker, which
-///   receives them through ``WorkerConnections`` (or `docs/WORKERS.md` in any language) on the
+///   receives them through `ConnectionServer` of SocketShareNIO (or `docs/WORKERS.md` in any language) on the
 ///   channel at `$SOCKSHARE_WORKER_FD`. No connection is lost when a worker dies.
 ///
 /// A **reload** (`sockshare reload`, `SIGHUP`) starts a new generation of workers on the same
 /// listeners; once every one of them says it is ready (`READY=1` on `$NOTIFY_SOCKET`, or
-/// ``WorkerConnections/ready()``), new connections go only to it and the old generation drains.
+/// the worker protocol's `ready`), new connections go only to it and the old generation drains.
 /// If the new generation is not ready by the deadline, or one of its workers exits first, it is
 /// stopped and the old one serves on untouched. An **upgrade** (`upgrade` command, `SIGUSR2`)
 /// starts a new supervisor binary and hands it the listeners, the worker channels and the state;
@@ -172,7 +172,7 @@ public final class Supervisor: Sendable {
     }
 
     /// A successor's channel to its predecessor, and the workers it inherits (until ``run()``).
-    let predecessor = Locked<(DescriptorChannel, [(pid_t, Int, Bool, DescriptorChannel)])?>(nil)
+    let predecessor = Locked<(DescriptorChannel, [(pid_t, Int, Bool, DescriptorChannel, SocketDescriptor?)])?>(nil)
 
     /// Binds the listeners (or takes those systemd passed in), creates the control and notify
     /// sockets, and prepares the dispatcher in handoff mode. No worker runs until ``run()``.

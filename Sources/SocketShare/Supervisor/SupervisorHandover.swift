@@ -3,7 +3,7 @@ import FoundationEssentials
 /// What a supervisor hands its successor on an upgrade, besides descriptors: the configuration,
 /// where things are, the generations and every worker. The descriptors follow in this order: the
 /// listeners, the control socket, the notify socket, then for each worker its pidfd and, in handoff
-/// mode, the supervisor's end of its channel.
+/// mode, the supervisor's end of its channel and the worker's doorbell if it has one.
 struct SupervisorHandover: Codable {
     struct TransferredWorker: Codable {
         var pid: Int32
@@ -15,6 +15,8 @@ struct SupervisorHandover: Codable {
         var drainMilliseconds: Int?
         /// Whether connections go to it (handoff mode).
         var accepting: Bool
+        /// Whether its doorbell follows its channel (handoff mode; absent from older supervisors).
+        var hasDoorbell: Bool?
     }
 
     var configuration: Supervisor.Configuration

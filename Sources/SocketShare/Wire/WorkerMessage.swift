@@ -5,7 +5,7 @@
 /// reference for other languages. The dispatcher keeps its own copy of every connection it sends
 /// until the worker acknowledges it (``accepted(_:active:)``); a worker that dies or refuses before
 /// then has its connections sent to another worker.
-enum WorkerMessage: Equatable, Sendable {
+package enum WorkerMessage: Equatable, Sendable {
     /// Dispatcher → worker: connections, their descriptors attached in the same order.
     case connections([HandedConnection])
     /// Dispatcher → worker: take no more connections; finish the open ones and exit.
@@ -20,24 +20,34 @@ enum WorkerMessage: Equatable, Sendable {
     case load(active: UInt32)
     /// Worker → dispatcher: the worker is ready to serve.
     case ready
+    /// Worker → dispatcher, with one descriptor attached: a connected stream socket the dispatcher
+    /// writes one byte to after each message it sends, so that a worker can wait on it with an
+    /// event loop that reads (SwiftNIO's) while the messages, and their descriptors, stay on the
+    /// channel.
+    case doorbell
+    /// Worker → dispatcher: send no more connections; the dispatcher answers with ``stop`` once
+    /// it has sent its last one (the worker is shutting down gracefully).
+    case leaving
 
     /// The protocol version this build speaks.
-    static let version: UInt8 = 1
+    package static let version: UInt8 = 1
     /// The longest message either side sends (64 connections with long addresses fit).
-    static let maximumLength = 65536
+    package static let maximumLength = 65536
     /// The most connections in one ``connections(_:)`` message.
-    static let maximumBatch = 64
+    package static let maximumBatch = 64
 
-    enum TypeCode: UInt8 {
+    package enum TypeCode: UInt8 {
         case connections = 0x21
         case stop = 0x22
         case accepted = 0x31
         case refused = 0x32
         case load = 0x33
         case ready = 0x34
+        case doorbell = 0x35
+        case leaving = 0x36
     }
 
-    var bytes: [UInt8] {
+    package var bytes: [UInt8] {
         var writer = ByteWriter(capacity: 64)
         writer.write(Self.version)
         switch self {
@@ -61,11 +71,15 @@ enum WorkerMessage: Equatable, Sendable {
             writer.write(active)
         case .ready:
             writer.write(TypeCode.ready.rawValue)
+        case .doorbell:
+            writer.write(TypeCode.doorbell.rawValue)
+        case .leaving:
+            writer.write(TypeCode.leaving.rawValue)
         }
         return writer.bytes
     }
 
-    init(bytes: [UInt8]) throws(SocketShareError) {
+    package init(bytes: [UInt8]) throws(SocketShareError) {
         var reader = ByteReader(bytes, operation: "decode worker message")
         let version: UInt8 = try reader.read(field: "version")
         guard version == Self.version else {
@@ -101,28 +115,32 @@ enum WorkerMessage: Equatable, Sendable {
             self = .load(active: try reader.read(field: "active"))
         case .ready:
             self = .ready
+        case .doorbell:
+            self = .doorbell
+        case .leaving:
+            self = .leaving
         }
         try reader.expectEnd("the \(type) message")
     }
 }
 
 /// One connection as the dispatcher describes it to a worker (its descriptor travels alongside).
-struct HandedConnection: Equatable, Sendable {
+package struct HandedConnection: Equatable, Sendable {
     /// The dispatcher's id for it, which acknowledgements and refusals name.
-    var id: UInt64
+    package var id: UInt64
     /// The name of the listener that accepted it (`--listen NAME=ADDR`).
-    var listenerName: String
+    package var listenerName: String
     /// The peer's address as text (`127.0.0.1:50312`, `[::1]:50312`, `unix:(unnamed)`).
-    var peerAddress: String
+    package var peerAddress: String
     /// The local address as text.
-    var localAddress: String
+    package var localAddress: String
 
     func write(to writer: inout ByteWriter) {
         writer.write(id)
         for text in [listenerName, peerAddress, localAddress] { writer.writeShortText(text) }
     }
 
-    init(id: UInt64, listenerName: String, peerAddress: String, localAddress: String) {
+    package init(id: UInt64, listenerName: String, peerAddress: String, localAddress: String) {
         self.id = id
         self.listenerName = listenerName
         self.peerAddress = peerAddress

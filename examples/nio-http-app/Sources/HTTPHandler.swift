@@ -1,14 +1,9 @@
 import NIOCore
 import NIOHTTP1
-import Synchronization
-
-/// Whether the app is draining (then each answer closes its connection).
-enum Connections {
-    static let draining = Atomic<Bool>(false)
-}
 
 /// Collects a request (head and body, at most 1 MiB), asks ``Routes`` and writes the response;
-/// keeps the connection alive when the client asked for it and the app is not draining.
+/// keeps the connection alive when the client asked for it (and NIO's pipelining handler, when the
+/// server drains, turns that into `Connection: close`).
 final class HTTPHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
@@ -52,7 +47,7 @@ final class HTTPHandler: ChannelInboundHandler {
             let (path, query) = Routes.split(head.uri)
             let response = routes.answer(Request(
                 method: head.method.rawValue, path: path, query: query, body: body, listenerName: listenerName))
-            let keepAlive = head.isKeepAlive && !Connections.draining.load(ordering: .relaxed)
+            let keepAlive = head.isKeepAlive
             if response.delayMilliseconds > 0 {
                 let version = head.version
                 let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
