@@ -5,8 +5,11 @@
  *   httpd handoff PORT WORKERS    one acceptor hands each connection to WORKERS processes over
  *                                 SCM_RIGHTS, round-robin, closing its copy at once (no ack)
  *   httpd worker                  a worker for `sockshare serve --mode handoff`: takes connections
- *                                 on $SOCKSHARE_WORKER_FD (docs/WORKERS.md), acknowledges each batch
- * Runs until killed. */
+ *                                 on $SOCKSHARE_WORKER_FD (docs/WORKERS.md), acknowledges each batch,
+ *                                 and on `stop` (or the channel's end) drains as hello-worker does:
+ *                                 every answer says Connection: close, and it exits once no
+ *                                 connection is open (at most 30 s later)
+ * Runs until killed (or, as a worker, until drained). */
 #include "common.h"
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -19,6 +22,7 @@
 #define MAX_CONNECTIONS 65536
 static char buffers[MAX_CONNECTIONS][1024];
 static int filled[MAX_CONNECTIONS];
+static int open_connections, draining;
 static char keep_response[128], close_response[160];
 static int keep_length, close_length;
 
@@ -35,24 +39,30 @@ static void add(int epoll, int fd) {
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     if (fd >= MAX_CONNECTIONS) { close(fd); return; }
     filled[fd] = 0;
+    open_connections++;
     struct epoll_event event = {.events = EPOLLIN, .data.fd = fd};
     epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event);
 }
 
-/* Reads what is there; answers each complete request. */
+static void finish(int fd) {
+    close(fd);
+    open_connections--;
+}
+
+/* Reads what is there; answers each complete request (with Connection: close while draining). */
 static void serve(int fd) {
     for (;;) {
         ssize_t n = read(fd, buffers[fd] + filled[fd], sizeof(buffers[fd]) - 1 - filled[fd]);
-        if (n == 0 || (n < 0 && errno != EAGAIN)) { close(fd); return; }
+        if (n == 0 || (n < 0 && errno != EAGAIN)) { finish(fd); return; }
         if (n < 0) return;
         filled[fd] += (int)n;
         buffers[fd][filled[fd]] = 0;
         char *end;
         while ((end = strstr(buffers[fd], "\r\n\r\n")) != NULL) {
             *end = 0;
-            int closing = strcasestr(buffers[fd], "connection: close") != NULL;
+            int closing = draining || strcasestr(buffers[fd], "connection: close") != NULL;
             write(fd, closing ? close_response : keep_response, closing ? close_length : keep_length);
-            if (closing) { close(fd); return; }
+            if (closing) { finish(fd); return; }
             int rest = filled[fd] - (int)(end + 4 - buffers[fd]);
             memmove(buffers[fd], end + 4, rest + 1);
             filled[fd] = rest;
@@ -76,8 +86,10 @@ static void run(int listener, int channel, int acknowledge) {
     if (listener >= 0) { struct epoll_event e = {.events = EPOLLIN, .data.fd = listener}; epoll_ctl(epoll, EPOLL_CTL_ADD, listener, &e); }
     if (channel >= 0) { struct epoll_event e = {.events = EPOLLIN, .data.fd = channel}; epoll_ctl(epoll, EPOLL_CTL_ADD, channel, &e); }
     struct epoll_event events[256];
+    uint64_t drain_deadline = 0;
     for (;;) {
-        int n = epoll_wait(epoll, events, 256, -1);
+        if (draining && (open_connections == 0 || now_ns() > drain_deadline)) exit(0);
+        int n = epoll_wait(epoll, events, 256, draining ? 100 : -1);
         for (int i = 0; i < n; i++) {
             int fd = events[i].data.fd;
             if (fd == listener) {
@@ -87,10 +99,17 @@ static void run(int listener, int channel, int acknowledge) {
                 unsigned char message[65536];
                 int fds[253], count;
                 ssize_t got = receive_fds(channel, message, sizeof(message), fds, &count);
-                if (got <= 0) exit(0);
+                if (got <= 0 || (got >= 2 && message[1] == 0x22)) {
+                    /* stop, or the dispatcher is gone: take no more, finish what is open */
+                    for (int k = 0; k < count; k++) close(fds[k]);
+                    epoll_ctl(epoll, EPOLL_CTL_DEL, channel, NULL);
+                    draining = 1;
+                    drain_deadline = now_ns() + 30000000000ull;
+                    continue;
+                }
                 if (acknowledge) {
                     /* sockshare worker protocol: 1 0x21 u16 count, entries {u64 id, 3 strings}; ack 1 0x31 u32 0 u16 count ids */
-                    if (got < 4 || message[1] != 0x21) { if (got >= 2 && message[1] == 0x22) exit(0); for (int k = 0; k < count; k++) close(fds[k]); continue; }
+                    if (got < 4 || message[1] != 0x21) { for (int k = 0; k < count; k++) close(fds[k]); continue; }
                     int entries = (message[2] << 8) | message[3], offset = 4;
                     unsigned char reply[8 + 8 * 64] = {1, 0x31, 0, 0, 0, 0, (unsigned char)(entries >> 8), (unsigned char)entries};
                     for (int e = 0; e < entries; e++) {

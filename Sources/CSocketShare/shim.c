@@ -1,5 +1,6 @@
 #include "CSocketShare.h"
 
+#include <pthread.h>
 #include <spawn.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -97,4 +98,11 @@ long cs_recv_with_sender(int fd, void *buffer, size_t length, pid_t *sender) {
         }
     }
     return (long)count;
+}
+
+int cs_name_thread(const char *name) {
+    char short_name[16];
+    strncpy(short_name, name, sizeof(short_name) - 1);
+    short_name[sizeof(short_name) - 1] = 0;
+    return pthread_setname_np(pthread_self(), short_name);
 }

@@ -71,6 +71,10 @@ int cs_enable_passcred(int fd);
 /// closed. Returns the byte count, or -1 with errno.
 long cs_recv_with_sender(int fd, void *buffer, size_t length, pid_t *sender);
 
+/// pthread_setname_np(pthread_self(), name) (GNU): names the calling thread for ps, top and perf
+/// (at most 15 bytes are kept).
+int cs_name_thread(const char *name);
+
 /// prctl(PR_SET_PTRACER, pid): lets `pid` ptrace (and pidfd_getfd from) this process under Yama scope 1.
 int cs_set_ptracer(pid_t pid);
 

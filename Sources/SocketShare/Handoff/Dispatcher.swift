@@ -13,7 +13,11 @@ import Logging
 ///
 /// In-flight connections per worker (sent but unacknowledged, plus those the worker reports open)
 /// are bounded by ``Configuration/maximumInFlightPerWorker``; when every worker is full the
-/// dispatcher stops accepting, and new connections wait in the kernel's backlog, not in memory.
+/// dispatcher stops watching the listeners, and new connections wait in the kernel's backlog, not
+/// in memory.
+///
+/// It runs on a ``Reactor`` of its own (one thread, one `epoll`): listeners, worker channels and
+/// worker pidfds are watched there, and every method below hands its work to that thread.
 public final class Dispatcher: Sendable {
     /// How the next connection's worker is chosen.
     public enum Policy: String, Sendable, CaseIterable, Codable {
@@ -50,7 +54,7 @@ public final class Dispatcher: Sendable {
         /// Called (on the dispatcher's thread) with a stalled worker's pid; the supervisor kills it,
         /// and its connections go to others once it is gone. Nil: connections wait for it.
         public var onStall: (@Sendable (pid_t) -> Void)?
-        /// Called when a worker says it is ready.
+        /// Called (on the dispatcher's thread) when a worker says it is ready.
         public var onReady: (@Sendable (pid_t) -> Void)?
         /// Where the dispatcher logs.
         public var logger: Logger
@@ -102,33 +106,27 @@ public final class Dispatcher: Sendable {
         public var workers: [WorkerStatistics]
     }
 
-    /// Requests from other threads, taken by the loop.
-    enum Command {
-        case add(DescriptorChannel, pid: pid_t, generation: Int, accepting: Bool, doorbell: SocketDescriptor?)
-        case retire(pid_t)
-        case promote(generation: Int)
-        case pause
-        case freeze
-        case resume
-        case stop(deadline: ContinuousClock.Instant)
-        case detach
+    /// A worker as a successor supervisor takes it over: the dispatcher's end of its channel, and
+    /// its doorbell if it gave one (``WorkerMessage/doorbell``).
+    public struct WorkerChannelState: Sendable {
+        /// The worker's pid.
+        public var pid: pid_t
+        /// Its generation.
+        public var generation: Int
+        /// Whether connections go to it.
+        public var accepting: Bool
+        /// The dispatcher's end of its channel.
+        public var channel: DescriptorChannel
+        /// The worker's doorbell, rung after each message sent to it.
+        public var doorbell: SocketDescriptor?
     }
 
-    struct Shared {
-        var commands: [Command] = []
-        var statistics = Statistics(accepted: 0, redispatched: 0, waiting: 0, workers: [])
-        /// Workers and their channels, for a supervisor handing everything to its successor.
-        var channels: [WorkerChannelState] = []
-        var settled = true
-        var frozen = false
-        var finished = false
-    }
-
-    let configuration: Configuration
-    let listeners: [Listener]
-    let shared: Locked<Shared>
-    let wakeRead: CInt
-    let wakeWrite: CInt
+    let reactor: Reactor
+    let core: Core
+    private let started = Locked(false)
+    /// What the loop said last, for callers once it has stopped.
+    private let final = Locked<(statistics: Statistics, settled: Bool, channels: [WorkerChannelState])>(
+        (Statistics(accepted: 0, redispatched: 0, waiting: 0, workers: []), true, []))
 
     /// Prepares a dispatcher for `listeners` (they are made non-blocking). Nothing happens until ``start()``.
     public init(listeners: [Listener], configuration: Configuration) throws(SocketShareError) {
@@ -143,24 +141,18 @@ public final class Dispatcher: Sendable {
             }
             try listener.socket.setNonBlocking(true)
         }
-        let (read, write) = try Kernel.pipe()
-        try Kernel.setNonBlocking(read, true)
-        try Kernel.setNonBlocking(write, true)
-        self.wakeRead = read
-        self.wakeWrite = write
-        self.listeners = listeners
-        self.configuration = configuration
-        self.shared = Locked(Shared())
+        reactor = try Reactor(name: "dispatcher")
+        core = Core(reactor: reactor, listeners: listeners, configuration: configuration)
     }
 
-    deinit {
-        try? Kernel.close(wakeRead)
-        try? Kernel.close(wakeWrite)
-    }
-
-    /// Runs the dispatcher on its own thread.
+    /// Runs the dispatcher on its reactor's thread.
     public func start() throws(SocketShareError) {
-        try DetachedThread.start { [self] in run() }
+        try reactor.start()
+        started.withLock { $0 = true }
+        let core = self.core
+        if reactor.sync({ core.begin() }) == nil {
+            throw SocketShareError(.system, operation: "dispatcher", detail: "the dispatcher's thread ended at once")
+        }
     }
 
     /// Adds a worker. The dispatcher owns `channel` (the supervisor's end); the worker's end must
@@ -177,89 +169,80 @@ public final class Dispatcher: Sendable {
     public func addWorker(
         _ channel: DescriptorChannel, pid: pid_t, generation: Int, accepting: Bool = true, doorbell: SocketDescriptor? = nil
     ) {
-        post(.add(channel, pid: pid, generation: generation, accepting: accepting, doorbell: doorbell))
+        let core = self.core
+        reactor.execute { core.add(channel, pid: pid, generation: generation, accepting: accepting, doorbell: doorbell) }
     }
 
     /// Makes `generation`'s workers take connections, and retires every other worker: it gets no
     /// more, and is told to finish what it has and exit.
     public func promote(generation: Int) {
-        post(.promote(generation: generation))
-    }
-
-    /// Stops accepting (connections wait in the listeners' backlogs); acknowledgements still arrive.
-    public func pause() {
-        post(.pause)
-    }
-
-    /// Stops touching the workers' channels at all (after ``pause()`` has settled), so a successor
-    /// supervisor can take them over; returns once the loop has stopped reading them.
-    public func freeze() {
-        post(.freeze)
-        while !shared.withLock({ $0.frozen || $0.finished }) {
-            var pause = timespec(tv_sec: 0, tv_nsec: 1_000_000)
-            nanosleep(&pause, nil)
-        }
-    }
-
-    /// Accepts again after ``pause()`` (and reads the workers again after ``freeze()``).
-    public func resume() {
-        post(.resume)
-    }
-
-    /// Whether nothing is waiting in the dispatcher and every connection sent was acknowledged.
-    public var isSettled: Bool { shared.withLock { $0.settled } }
-
-    /// A worker as a successor supervisor takes it over: the dispatcher's end of its channel, and
-    /// its doorbell if it gave one (``WorkerMessage/doorbell``).
-    public struct WorkerChannelState: Sendable {
-        /// The worker's pid.
-        public var pid: pid_t
-        /// Its generation.
-        public var generation: Int
-        /// Whether connections go to it.
-        public var accepting: Bool
-        /// The dispatcher's end of its channel.
-        public var channel: DescriptorChannel
-        /// The worker's doorbell, rung after each message sent to it.
-        public var doorbell: SocketDescriptor?
-    }
-
-    /// The workers and the dispatcher's ends of their channels (for a successor supervisor).
-    public var workerChannels: [WorkerChannelState] {
-        shared.withLock { $0.channels }
-    }
-
-    /// Ends the dispatcher without a word to the workers (their channels now belong to a successor).
-    public func detach() {
-        post(.detach)
-        while !shared.withLock({ $0.finished }) {
-            var pause = timespec(tv_sec: 0, tv_nsec: 2_000_000)
-            nanosleep(&pause, nil)
-        }
+        let core = self.core
+        reactor.execute { core.promote(generation: generation) }
     }
 
     /// Sends no more connections to worker `pid` and tells it to finish what it has and exit.
     public func retireWorker(pid: pid_t) {
-        post(.retire(pid))
+        let core = self.core
+        reactor.execute { core.retire(pid: pid) }
+    }
+
+    /// Stops accepting (connections wait in the listeners' backlogs); acknowledgements still arrive.
+    public func pause() {
+        let core = self.core
+        reactor.execute { core.setPaused(true) }
+    }
+
+    /// Stops touching the workers' channels at all (after ``pause()`` has settled), so a successor
+    /// supervisor can take them over; returns once the loop no longer reads them.
+    public func freeze() {
+        let core = self.core
+        _ = reactor.sync { core.setFrozen(true) }
+    }
+
+    /// Accepts again after ``pause()`` (and reads the workers again after ``freeze()``).
+    public func resume() {
+        let core = self.core
+        reactor.execute {
+            core.setFrozen(false)
+            core.setPaused(false)
+        }
+    }
+
+    /// Whether nothing is waiting in the dispatcher and every connection sent was acknowledged.
+    public var isSettled: Bool {
+        let core = self.core
+        return reactor.sync { core.isSettled } ?? final.withLock { $0.settled }
+    }
+
+    /// The workers and the dispatcher's ends of their channels (for a successor supervisor).
+    public var workerChannels: [WorkerChannelState] {
+        let core = self.core
+        return reactor.sync { core.channels } ?? final.withLock { $0.channels }
+    }
+
+    /// A snapshot of the counters.
+    public var statistics: Statistics {
+        let core = self.core
+        return reactor.sync { core.statistics } ?? final.withLock { $0.statistics }
+    }
+
+    /// Ends the dispatcher without a word to the workers (their channels now belong to a successor).
+    public func detach() {
+        let core = self.core
+        if let snapshot = reactor.sync({ core.snapshot() }) { final.withLock { $0 = snapshot } }
+        core.logger.info("dispatcher handed its workers to a successor")
+        reactor.stop()
     }
 
     /// Stops: accepts what waits in the listeners' backlogs one last time, hands it out, waits (until
     /// `deadline`) for every connection to be acknowledged, tells the workers to finish and exit,
     /// and returns. The listeners stay open (the caller owns them).
     public func stop(deadline: ContinuousClock.Instant) {
-        post(.stop(deadline: deadline))
-        while !shared.withLock({ $0.finished }) {
-            var pause = timespec(tv_sec: 0, tv_nsec: 2_000_000)
-            nanosleep(&pause, nil)
-        }
-    }
-
-    /// A snapshot of the counters.
-    public var statistics: Statistics { shared.withLock { $0.statistics } }
-
-    private func post(_ command: Command) {
-        shared.withLock { $0.commands.append(command) }
-        var byte: UInt8 = 1
-        _ = Glibc.write(wakeWrite, &byte, 1)
+        guard started.withLock({ $0 }) else { return }
+        let core = self.core
+        // Answered when everything is acknowledged, or at `deadline` (a timer on the reactor).
+        _ = reactor.wait { answer in core.stop(deadline: deadline) { answer(()) } }
+        if let snapshot = reactor.sync({ core.snapshot() }) { final.withLock { $0 = snapshot } }
+        reactor.stop()
     }
 }
