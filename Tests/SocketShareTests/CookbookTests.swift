@@ -58,6 +58,17 @@ extension SocketShareTests {
             #expect(output.contains("shared: reloaded while a slow request was in flight: it finished"))
         }
 
+        /// So is the Vapor example (`swift build --package-path examples/vapor-app`).
+        static let vaporApp = examples + "/vapor-app/.build/debug/vapor-app"
+
+        @Test(.enabled(if: access(vaporApp, X_OK) == 0, "examples/vapor-app is not built"))
+        func vaporAppInHandoffAndSharedMode() throws {
+            let output = try Self.runExample("vapor-app", okLines: 2, environment: ["VAPOR_APP": Self.vaporApp])
+            #expect(output.contains("handoff: a route parameter, a 100 KB echo, a 404, a 400 and a 413 are right"))
+            #expect(output.contains("handoff: reloaded while a slow request was in flight: it finished"))
+            #expect(output.contains("shared: reloaded while a slow request was in flight: it finished"))
+        }
+
         @Test(.enabled(if: getuid() == 0, "binds port 80 and switches to nobody: needs root"))
         func privilegeSeparation() throws {
             let output = try Self.runExample("privilege-separation", okLines: 1)
@@ -82,7 +93,8 @@ extension SocketShareTests {
 
         /// Every example has its page, its script, and the page tells how to run the script.
         @Test(arguments: [
-            "privilege-separation", "network-namespaces", "winsock-porting", "any-language", "nio-http-app", "hummingbird-app", "systemd",
+            "privilege-separation", "network-namespaces", "winsock-porting", "any-language", "nio-http-app", "hummingbird-app",
+            "vapor-app", "systemd",
         ])
         func everyExampleHasAPageThatRunsIt(_ name: String) throws {
             let page = String(decoding: try Kernel.readFile(Self.examples + "/\(name)/README.md"), as: UTF8.self)

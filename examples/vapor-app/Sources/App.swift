@@ -19,7 +19,9 @@ enum Entrypoint {
         let source = try ConnectionSource.fromEnvironment()
         routes(app, mode: source.map { "\($0)" } ?? "alone")
         if let source {
-            app.servers.use { app in SocketShareServer(application: app, source: source) }
+            // One server: Vapor asks for `app.server` again to shut it down.
+            let server = SocketShareServer(application: app, source: source)
+            app.servers.use { _ in server }
         }
         do {
             try await app.execute()

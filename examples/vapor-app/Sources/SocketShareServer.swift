@@ -1,5 +1,6 @@
 // Vapor's `Server`, on the connections a SocketShare `ConnectionSource` gives instead of a listener
-// Vapor binds itself: `app.servers.use { app in SocketShareServer(application: app, source: source) }`.
+// Vapor binds itself: `let server = SocketShareServer(application: app, source: source)`, then
+// `app.servers.use { _ in server }` (one instance: Vapor asks for `app.server` again to stop it).
 //
 // Vapor's own HTTP channel handlers are internal to Vapor, so this adapter has a small one of its
 // own: NIO's HTTP/1.1 codec, then each request collected (at most `maximumBodySize`), answered by
@@ -19,22 +20,24 @@ final class SocketShareServer: Server, Sendable {
     let application: Application
     let source: ConnectionSource
     let maximumBodySize: Int
-    private let running = NIOLockedValueBox<(group: ServiceGroup, task: Task<Void, Never>)?>(nil)
-    private let stopped: EventLoopPromise<Void>
+    private let running = NIOLockedValueBox<(group: ServiceGroup, task: Task<Void, Never>, stopped: EventLoopPromise<Void>)?>(nil)
 
     /// A server for `application` on the connections `source` gives.
     init(application: Application, source: ConnectionSource, maximumBodySize: Int = 1 << 20) {
         self.application = application
         self.source = source
         self.maximumBodySize = maximumBodySize
-        self.stopped = application.eventLoopGroup.next().makePromise()
     }
 
-    var onShutdown: EventLoopFuture<Void> { stopped.futureResult }
+    /// Succeeds once the server has stopped (at once if it never started).
+    var onShutdown: EventLoopFuture<Void> {
+        running.withLockedValue { $0?.stopped.futureResult } ?? application.eventLoopGroup.next().makeSucceededVoidFuture()
+    }
 
     /// Starts serving; returns once connections are taken, or throws why they cannot be.
     func start(address: BindAddress?) async throws {
-        let application = self.application, maximumBodySize = self.maximumBodySize, stopped = self.stopped
+        let application = self.application, maximumBodySize = self.maximumBodySize
+        let stopped = application.eventLoopGroup.next().makePromise(of: Void.self)
         if address != nil {
             application.logger.warning("the address is ignored: connections come from \(source)")
         }
@@ -64,7 +67,7 @@ final class SocketShareServer: Server, Sendable {
             application.running?.stop()
             stopped.succeed(())
         }
-        running.withLockedValue { $0 = (group, task) }
+        running.withLockedValue { $0 = (group, task, stopped) }
         for await outcome in serving {
             if let outcome { throw outcome }
             return
@@ -80,7 +83,7 @@ final class SocketShareServer: Server, Sendable {
 
     /// Drains: no new connections, the requests in flight finish, then the server stops.
     func shutdown() async {
-        guard let (group, task) = running.withLockedValue({ $0 }) else { return }
+        guard let (group, task, _) = running.withLockedValue({ $0 }) else { return }
         await group.triggerGracefulShutdown()
         await task.value
     }
