@@ -16,7 +16,7 @@ import Logging
 /// dispatcher stops watching the listeners, and new connections wait in the kernel's backlog, not
 /// in memory.
 ///
-/// It runs on a ``Reactor`` of its own (one thread, one `epoll`): listeners, worker channels and
+/// It runs on a reactor of its own (one thread, one `epoll`): listeners, worker channels and
 /// worker pidfds are watched there, and every method below hands its work to that thread.
 public final class Dispatcher: Sendable {
     /// How the next connection's worker is chosen.
@@ -107,7 +107,7 @@ public final class Dispatcher: Sendable {
     }
 
     /// A worker as a successor supervisor takes it over: the dispatcher's end of its channel, and
-    /// its doorbell if it gave one (``WorkerMessage/doorbell``).
+    /// its doorbell if it gave one (the worker protocol's `doorbell` message, `docs/WORKERS.md`).
     public struct WorkerChannelState: Sendable {
         /// The worker's pid.
         public var pid: pid_t

@@ -144,7 +144,7 @@ package final class WorkerChannel {
     /// Decodes a dispatcher's message: connections (ids, and listener names with `listenerNames`,
     /// with the descriptor count checked), `stop`, or nil for a message a worker ignores. Strict:
     /// a malformed message is an error.
-    static func decode(
+    package static func decode(
         _ bytes: UnsafeRawBufferPointer, descriptors: Int, listenerNames: Bool = false
     ) throws(SocketShareError) -> Delivery? {
         func malformed(_ detail: String) -> SocketShareError {

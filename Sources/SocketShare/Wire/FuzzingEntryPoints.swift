@@ -27,11 +27,36 @@ public enum FuzzingEntryPoints {
         }
     }
 
-    /// The worker protocol (`docs/WORKERS.md`): `bytes` as one worker message.
+    /// The worker protocol (`docs/WORKERS.md`): `bytes` as one worker message, by the full decoder
+    /// and by the worker side's fast one (``WorkerChannel``), which must agree with it.
     public static func decodeWorkerMessage(_ bytes: [UInt8]) {
+        // The fast decoder must survive anything, with any descriptor count.
+        for descriptors in [0, 1, Int(bytes.count > 3 ? bytes[3] : 0)] {
+            _ = try? bytes.withUnsafeBytes { (raw) throws(SocketShareError) in
+                try WorkerChannel.decode(raw, descriptors: descriptors, listenerNames: true)
+            }
+        }
         guard let message = try? WorkerMessage(bytes: bytes) else { return }
         guard let again = try? WorkerMessage(bytes: message.bytes), again == message else {
             fatalError("worker message \(bytes) decoded, but does not survive a round trip")
+        }
+        var count = 0
+        if case .connections(let handed) = message { count = handed.count }
+        let fast: WorkerChannel.Delivery?? = try? bytes.withUnsafeBytes { (raw) throws(SocketShareError) in
+            try WorkerChannel.decode(raw, descriptors: count, listenerNames: true)
+        }
+        switch message {
+        case .connections(let handed):
+            guard case .connections(let ids, let listeners, _)?? = fast else {
+                fatalError("worker message \(bytes): connections the full decoder reads, the worker side refuses")
+            }
+            guard ids == handed.map({ $0.id }), listeners == handed.map({ $0.listenerName }) else {
+                fatalError("worker message \(bytes): the worker side read \(ids), \(listeners ?? [])")
+            }
+        case .stop:
+            guard case .stop?? = fast else { fatalError("worker message \(bytes): a stop the worker side does not see") }
+        default:
+            break
         }
     }
 
@@ -60,7 +85,7 @@ public enum FuzzingEntryPoints {
                     HandedConnection(id: 1, listenerName: "http", peerAddress: "127.0.0.1:50312", localAddress: "127.0.0.1:8080"),
                     HandedConnection(id: 2, listenerName: "", peerAddress: "[::1]:50313", localAddress: "[::1]:8080"),
                 ]),
-                .stop, .accepted([1, 2], active: 2), .refused([3]), .load(active: 5), .ready,
+                .stop, .accepted([1, 2], active: 2), .refused([3]), .load(active: 5), .ready, .doorbell, .leaving,
             ]
             return messages.map(\.bytes)
         default:
