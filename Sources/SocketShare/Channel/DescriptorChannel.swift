@@ -96,8 +96,38 @@ public final class DescriptorChannel: Sendable {
         return try result.get()
     }
 
-    /// Waits for `events` on the socket until `deadline`.
+    /// What ``receiveWaiting(maximumBytes:)`` found.
+    package enum Waiting {
+        /// A message.
+        case message(ChannelMessage)
+        /// Nothing waiting now.
+        case none
+        /// The peer has closed the channel.
+        case closed
+    }
+
+    /// Receives one message if one is waiting, without blocking or polling: for an event loop that
+    /// was told the channel is readable and drains it.
+    package func receiveWaiting(maximumBytes: Int = 65536) throws(SocketShareError) -> Waiting {
+        let result: Result<Waiting, SocketShareError> = withUnsafeTemporaryAllocation(
+            byteCount: maximumBytes, alignment: 16
+        ) { buffer in
+            Result { () throws(SocketShareError) -> Waiting in
+                guard let received = try Kernel.receiveMessage(
+                    socket.rawValue, into: buffer, maximumDescriptors: Self.maximumDescriptorsPerMessage, flags: Kernel.dontWait)
+                else { return .none }
+                if received.byteCount == 0 && received.descriptors.isEmpty { return .closed }
+                return .message(ChannelMessage(bytes: Array(buffer[0..<received.byteCount]), raw: received.descriptors))
+            }
+        }
+        return try result.get()
+    }
+
+    /// Waits for `events` on the socket until `deadline` (a deadline already past does not poll).
     func waitUntil(_ events: CInt, deadline: ContinuousClock.Instant?, operation: String) throws(SocketShareError) {
+        if let deadline, deadline <= .now {
+            throw SocketShareError(.timedOut, operation: operation, detail: "the peer did not answer in time")
+        }
         var fds = [pollfd(fd: socket.rawValue, events: Int16(events), revents: 0)]
         if try Kernel.poll(&fds, deadline: deadline) == 0 {
             throw SocketShareError(.timedOut, operation: operation, detail: "the peer did not answer in time")

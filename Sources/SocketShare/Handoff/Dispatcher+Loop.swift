@@ -330,13 +330,12 @@ extension Dispatcher {
                 finishStopping(force: false)
             }
             while true {
-                let message: ChannelMessage?
-                do throws(SocketShareError) {
-                    message = try worker.channel.receive(maximumBytes: WorkerMessage.maximumLength, deadline: .now)
-                } catch {
-                    return error.code == .timedOut
+                let message: ChannelMessage
+                switch try? worker.channel.receiveWaiting(maximumBytes: WorkerMessage.maximumLength) {
+                case .message(let received)?: message = received
+                case .none?: return true
+                case .closed?, nil: return false
                 }
-                guard let message else { return false }
                 guard let decoded = try? WorkerMessage(bytes: message.bytes) else {
                     message.closeDescriptors()
                     logger.warning("worker sent a message that is not the worker protocol", metadata: ["pid": "\(worker.pid)"])
