@@ -23,9 +23,15 @@ import SocketShare
 ///         try channel.pipeline.syncOperations.addHandler(MyHandler())
 ///     }
 /// }
-/// let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm], logger: logger)
+/// let group = ServiceGroup(configuration: .init(
+///     services: [.init(service: server, successTerminationBehavior: .gracefullyShutdownGroup)],
+///     gracefulShutdownSignals: [.sigterm], logger: logger))
 /// try await group.run()
 /// ```
+///
+/// `successTerminationBehavior: .gracefullyShutdownGroup`: when `sockshare serve` retires this
+/// worker (a reload), ``run()`` returns once drained, and the whole process should then end —
+/// ServiceGroup's default would report the early return as a failure.
 ///
 /// ``run()`` serves until:
 /// - **graceful shutdown** (ServiceLifecycle): the server takes no new connections (a handoff
