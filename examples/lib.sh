@@ -67,6 +67,20 @@ workers_answer() {
     say "$1: answered by pid(s) $(echo $pids)"
 }
 
+# echo_and_bad_input MODE [413]: a 100 KB body on POST /echo comes back byte for byte; /nowhere is
+# a 404 and /slow?ms=soon a 400; with 413, a 2 MB body is refused with 413.
+echo_and_bad_input() {
+    [ -f "$work/body" ] || head -c 100000 /dev/urandom > "$work/body"
+    curl -sS --max-time 5 --data-binary @"$work/body" "$url/echo" -o "$work/echoed"
+    cmp -s "$work/body" "$work/echoed" || fail "$1: the echoed body differs"
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/nowhere")" = 404 ] || fail "$1: no 404"
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/slow?ms=soon")" = 400 ] || fail "$1: /slow?ms=soon is not a 400"
+    if [ "${2:-}" = 413 ]; then
+        [ -f "$work/big" ] || head -c 2000000 /dev/zero > "$work/big"
+        [ "$(curl -s -o /dev/null -w '%{http_code}' --data-binary @"$work/big" "$url/echo")" = 413 ] || fail "$1: a 2 MB body is not a 413"
+    fi
+}
+
 # reload_during_slow_request MODE OLD-PIDS: a reload while a 1.5 s request is in flight — the
 # request finishes on its old worker, and new connections soon go only to the new generation (in
 # shared mode the old workers stop accepting when their SIGTERM arrives, a moment after).

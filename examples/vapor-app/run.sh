@@ -5,7 +5,6 @@
 . "$(dirname "$0")/../lib.sh"
 app="${VAPOR_APP:-$(swift build --package-path "$here" --show-bin-path 2>/dev/null)/vapor-app}"
 [ -x "$app" ] || fail "vapor-app is not built: run swift build --package-path examples/vapor-app"
-head -c 100000 /dev/urandom > "$work/body"
 # Vapor reads its own command line: `serve` with its log level; the connections come from sockshare.
 printf '#!/bin/sh\nexec "%s" serve --log warning\n' "$app" > "$work/vapor-app"
 chmod +x "$work/vapor-app"
@@ -14,12 +13,7 @@ for mode in handoff shared; do
     serve_app $mode "$work/vapor-app"
     workers_answer $mode "(vapor, $mode mode)"
     curl -sS --max-time 5 "$url/hello/ada" | grep -q "^hello, ada, from pid " || fail "$mode: the route parameter is wrong"
-    curl -sS --max-time 5 --data-binary @"$work/body" "$url/echo" -o "$work/echoed"
-    cmp -s "$work/body" "$work/echoed" || fail "$mode: the echoed body differs"
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/nowhere")" = 404 ] || fail "$mode: no 404"
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/slow?ms=soon")" = 400 ] || fail "$mode: /slow?ms=soon is not a 400"
-    head -c 2000000 /dev/zero > "$work/big"
-    [ "$(curl -s -o /dev/null -w '%{http_code}' --data-binary @"$work/big" "$url/echo")" = 413 ] || fail "$mode: a 2 MB body is not a 413"
+    echo_and_bad_input $mode 413
     say "$mode: a route parameter, a 100 KB echo, a 404, a 400 and a 413 are right"
 
     reload_during_slow_request $mode "$pids"

@@ -28,8 +28,11 @@ package final class Reactor: @unchecked Sendable {
         /// What answers each ``sync(_:)`` still waiting, should the reactor stop first.
         var abandoned: [UInt64: @Sendable () -> Void] = [:]
         var nextWaiter: UInt64 = 0
+        var started = false
         var stopping = false
         var finished = false
+        /// Whether the epoll and eventfd are closed (by a ``Reactor/stop()`` that joined the thread).
+        var closed = false
         var thread: pthread_t?
         var running: pthread_t?
     }
@@ -67,12 +70,15 @@ package final class Reactor: @unchecked Sendable {
     }
 
     deinit {
-        Glibc.close(wake)
-        Glibc.close(epoll)
+        if !shared.withLock({ $0.closed }) {
+            Glibc.close(wake)
+            Glibc.close(epoll)
+        }
     }
 
     /// Starts the reactor's thread.
     package func start() throws(SocketShareError) {
+        shared.withLock { $0.started = true }
         let context = Unmanaged.passRetained(self).toOpaque()
         var thread = pthread_t()
         let result = pthread_create(&thread, nil, { context in
@@ -81,6 +87,7 @@ package final class Reactor: @unchecked Sendable {
         }, context)
         if result != 0 {
             Unmanaged<Reactor>.fromOpaque(context).release()
+            shared.withLock { $0.started = false }
             throw SocketShareError.system("pthread_create", errno: result, detail: "reactor \(name)")
         }
         shared.withLock { $0.thread = thread }
@@ -88,18 +95,17 @@ package final class Reactor: @unchecked Sendable {
 
     /// Whether the caller runs on the reactor's thread.
     package var inReactor: Bool {
-        guard let running = shared.withLock({ $0.running }) else { return false }
-        return pthread_equal(running, pthread_self()) != 0
+        shared.withLock { inReactor($0) }
     }
 
     /// Runs `task` on the reactor's thread, soon; from any thread. Dropped once the reactor stopped.
     package func execute(_ task: @escaping @Sendable () -> Void) {
-        let accepted = shared.withLock { shared -> Bool in
-            guard !shared.stopping else { return false }
+        // The wake-up is written under the lock, so that it never reaches an eventfd already closed.
+        shared.withLock { shared in
+            guard !shared.stopping else { return }
             shared.tasks.append(task)
-            return true
+            Kernel.signal(eventDescriptor: wake)
         }
-        if accepted { Kernel.signal(eventDescriptor: wake) }
     }
 
     /// Runs `body` on the reactor's thread and returns its result, waiting for it; nil when the
@@ -110,13 +116,13 @@ package final class Reactor: @unchecked Sendable {
     }
 
     /// Runs `body` on the reactor's thread and waits until it (or something it set up, a timer or
-    /// a callback) calls `answer`; returns what it answered, or nil when the reactor stops first.
-    /// Must not be called on the reactor's thread.
+    /// a callback) calls `answer`; returns what it answered, or nil when the reactor stops first
+    /// (or was never started). Must not be called on the reactor's thread.
     package func wait<T: Sendable>(for body: @escaping @Sendable (_ answer: @escaping @Sendable (T) -> Void) -> Void) -> T? {
         precondition(!inReactor, "Reactor.wait(for:) on the reactor's own thread would never return")
         let completion = Completion<T?>()
         let accepted = shared.withLock { shared -> Bool in
-            guard !shared.stopping else { return false }
+            guard shared.started, !shared.stopping else { return false }
             let waiter = shared.nextWaiter
             shared.nextWaiter += 1
             shared.abandoned[waiter] = { completion.complete(nil) }
@@ -126,34 +132,54 @@ package final class Reactor: @unchecked Sendable {
                     completion.complete(value)
                 }
             }
+            Kernel.signal(eventDescriptor: wake)
             return true
         }
         guard accepted else { return nil }
-        Kernel.signal(eventDescriptor: wake)
         return completion.wait()
     }
 
     /// Ends the loop after the current round; tasks not yet run are dropped (a ``sync(_:)`` still
-    /// waiting gets nil). From another thread, waits for the reactor's thread to end. Idempotent.
+    /// waiting gets nil). From another thread, waits for the reactor's thread to end and closes its
+    /// epoll and eventfd; from a callback, they close when the reactor goes away. Idempotent.
     package func stop() {
-        shared.withLock { $0.stopping = true }
-        Kernel.signal(eventDescriptor: wake)
-        guard !inReactor else { return }
         let thread = shared.withLock { shared -> pthread_t? in
+            if !shared.stopping {
+                shared.stopping = true
+                Kernel.signal(eventDescriptor: wake)
+            }
+            guard !inReactor(shared) else { return nil }
             defer { shared.thread = nil }
             return shared.thread
         }
-        if let thread { pthread_join(thread, nil) }
+        guard let thread else { return }
+        pthread_join(thread, nil)
+        shared.withLock { shared in
+            guard !shared.closed else { return }
+            shared.closed = true
+            Glibc.close(wake)
+            Glibc.close(epoll)
+        }
+    }
+
+    private func inReactor(_ shared: Shared) -> Bool {
+        guard let running = shared.running else { return false }
+        return pthread_equal(running, pthread_self()) != 0
     }
 
     // MARK: On the reactor's thread
 
     /// Calls `handler` with the `epoll` events whenever `descriptor` is readable (and on errors and
     /// hang-ups). The caller keeps owning the descriptor and must ``unwatch(_:)`` it before closing.
-    package func watch(_ descriptor: CInt, readable: Bool = true, _ handler: @escaping (UInt32) -> Void) throws(SocketShareError) -> Watch {
+    /// With `exclusive` (`EPOLLEXCLUSIVE`, for a listener other processes wait on too), the kernel
+    /// wakes one of the waiters for an event instead of all of them; such a watch cannot be
+    /// switched off with ``setReadable(_:_:)``, only removed.
+    package func watch(
+        _ descriptor: CInt, readable: Bool = true, exclusive: Bool = false, _ handler: @escaping (UInt32) -> Void
+    ) throws(SocketShareError) -> Watch {
         let tag = nextTag
         nextTag += 1
-        try Kernel.epollAdd(epoll, descriptor, data: tag, events: readable ? EPOLLIN.rawValue : 0)
+        try Kernel.epollAdd(epoll, descriptor, data: tag, events: readable ? EPOLLIN.rawValue : 0, exclusive: exclusive)
         watches[tag] = (descriptor, handler)
         return Watch(tag: tag)
     }
