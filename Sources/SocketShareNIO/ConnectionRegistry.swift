@@ -61,6 +61,9 @@ final class ConnectionRegistry: Sendable {
 
     var phase: Phase { state.withLockedValue { $0.phase } }
 
+    /// Whether the drain is over: nothing open, nothing more coming.
+    var isFinished: Bool { state.withLockedValue { $0.finished } }
+
     /// `count` descriptors are on their way to an event loop.
     func willRegister(_ count: Int) {
         state.withLockedValue { $0.inFlight += count }

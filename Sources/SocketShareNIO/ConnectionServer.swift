@@ -163,7 +163,7 @@ public final class ConnectionServer<Output: Sendable>: Service, Sendable {
             outputsContinuation?.finish()
             finishedContinuation.finish()
         }
-        registry.onDrain { [self] in scheduleDrainDeadline() }
+        registry.onDrain { [weak self] in self?.scheduleDrainDeadline() }
 
         let intake = try await startIntake()
         state.withLockedValue { $0.intake = intake }
@@ -172,6 +172,7 @@ public final class ConnectionServer<Output: Sendable>: Service, Sendable {
         ])
         await configuration.onServing?(localAddresses)
 
+        // Both streams end when the registry finishes: nothing left open, and nothing more coming.
         await withTaskCancellationHandler {
             await withGracefulShutdownHandler {
                 await withDiscardingTaskGroup { tasks in
@@ -183,13 +184,12 @@ public final class ConnectionServer<Output: Sendable>: Service, Sendable {
                         for await _ in finished {}
                     }
                 }
-            } onGracefulShutdown: { [self] in
-                shutDownGracefully()
+            } onGracefulShutdown: { [weak self] in
+                self?.shutDownGracefully()
             }
-        } onCancel: { [self] in
-            closeNow(reason: "cancelled")
+        } onCancel: { [weak self] in
+            self?.closeNow(reason: "cancelled")
         }
-        for await _ in finished {}
         logger.info("stopped serving connections")
     }
 
@@ -216,8 +216,8 @@ public final class ConnectionServer<Output: Sendable>: Service, Sendable {
     private func scheduleDrainDeadline() {
         let timeout = configuration.drainTimeout
         let nanoseconds = timeout.components.seconds * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
-        group.next().scheduleTask(in: .nanoseconds(nanoseconds)) { [self] in
-            guard registry.phase != .closed, registry.openCount > 0 || state.withLockedValue({ $0.intake }) != nil else { return }
+        group.next().scheduleTask(in: .nanoseconds(nanoseconds)) { [weak self] in
+            guard let self, !registry.isFinished else { return }
             closeNow(reason: "the drain timeout (\(timeout)) passed")
         }
     }
