@@ -206,13 +206,16 @@ extension SocketShareTests {
         }
 
         /// A worker dies after receiving connections and before acknowledging them: every one of
-        /// them is answered by another worker.
-        @Test func aWorkerKilledBeforeAcknowledgingLosesNoConnection() throws {
+        /// them is answered by another worker. Both worker sides: the test helper speaking the
+        /// protocol with blocking calls, and hello-worker (ConnectionServer, on its event loop).
+        @Test(arguments: ["helper", "hello-worker"])
+        func aWorkerKilledBeforeAcknowledgingLosesNoConnection(worker: String) throws {
             let once = BrokerProcess.freshDirectory() + "/die-once"
             let marker = try Kernel.open(once, O_WRONLY | O_CREAT, mode: 0o600)
             try Kernel.close(marker)
+            let command = worker == "helper" ? [Paths.helper, "--worker", "serve"] : [Paths.buildDirectory + "/hello-worker"]
             let serve = try ServeProcess(
-                ["--listen", "web=tcp://127.0.0.1:0", "--mode", "handoff"], command: [Paths.helper, "--worker", "serve"],
+                ["--listen", "web=tcp://127.0.0.1:0", "--mode", "handoff"], command: command,
                 workers: 2, environment: Self.dying(at: "worker.beforeAcknowledge", once: once))
             let result = LoadClient(address: try serve.address(), count: 500, threads: 4).run()
             #expect(result.answered == 500, "\(result)")
