@@ -5,6 +5,7 @@ let package = Package(
     name: "SocketShare",
     products: [
         .library(name: "SocketShare", targets: ["SocketShare"]),
+        .library(name: "SocketShareServer", targets: ["SocketShareServer"]),
         .library(name: "SocketShareNIO", targets: ["SocketShareNIO"]),
         .executable(name: "sockshare", targets: ["sockshare"]),
         .executable(name: "hello-worker", targets: ["hello-worker"]),
@@ -26,20 +27,43 @@ let package = Package(
             name: "CSocketShare",
             cSettings: [.define("_GNU_SOURCE")]
         ),
+        // The layers, bottom up; each target imports only those below it (docs/ARCHITECTURE.md).
+        // Kernel wrappers, descriptors, process identity, the descriptor channel, the wire formats.
+        // No threads, no logging.
         .target(
-            name: "SocketShare",
+            name: "SocketShareCore",
             dependencies: [
                 "CSocketShare",
                 .product(name: "SystemPackage", package: "swift-system"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
-        // Adopted sockets as SwiftNIO channels.
+        // Sharing sockets: share, adopt, outcome, revoke, tokens, the sharer, the broker client, events.
+        .target(
+            name: "SocketShare",
+            dependencies: [
+                "SocketShareCore",
+                "CSocketShare",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The long-running servers: the broker daemon, the dispatcher, the supervisor.
+        .target(
+            name: "SocketShareServer",
+            dependencies: [
+                "SocketShare",
+                "SocketShareCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The worker side on SwiftNIO: ConnectionServer.
         .target(
             name: "SocketShareNIO",
             dependencies: [
                 "SocketShare",
+                "SocketShareCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -82,6 +106,8 @@ let package = Package(
             name: "sockshare",
             dependencies: [
                 "SocketShare",
+                "SocketShareCore",
+                "SocketShareServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -91,19 +117,21 @@ let package = Package(
         // A small program the multi-process tests drive over its stdin/stdout.
         .executableTarget(
             name: "sockshare-test-helper",
-            dependencies: ["SocketShare"],
+            dependencies: ["SocketShare", "SocketShareCore"],
             path: "Tests/TestHelper"
         ),
         // Whole-process benchmarks against same-run references (Benchmarks/README.md).
         .executableTarget(
             name: "sockshare-bench",
-            dependencies: ["SocketShare"],
+            dependencies: ["SocketShare", "SocketShareCore", "SocketShareServer"],
             path: "Benchmarks/Sources/sockshare-bench"
         ),
         .testTarget(
             name: "SocketShareTests",
             dependencies: [
                 "SocketShare",
+                "SocketShareCore",
+                "SocketShareServer",
                 "SocketShareNIO",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

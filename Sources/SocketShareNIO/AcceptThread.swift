@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import SocketShare
+import SocketShareCore
 
 /// Accepts on listeners that other processes accept on too, with a thread of its own, for builds
 /// in which SwiftNIO's assertions are on.

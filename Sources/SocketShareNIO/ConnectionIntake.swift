@@ -1,6 +1,7 @@
 import Glibc
 import NIOCore
 import NIOPosix
+import SocketShareCore
 
 /// One way connections come into a ``ConnectionServer``: SwiftNIO's server channels, the handoff
 /// channel, or an accepting thread. It hands each connection to ``ConnectionRegistry``.

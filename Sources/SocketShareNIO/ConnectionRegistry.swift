@@ -1,6 +1,7 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import SocketShareCore
 
 /// The channels a ``ConnectionServer`` has taken and not yet seen close, and the server's phase:
 /// taking, draining, closed. It tells the server when a drain is over (no connection left, and the

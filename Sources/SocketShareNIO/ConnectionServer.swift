@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import SocketShare
+import SocketShareCore
 
 /// Serves connections with SwiftNIO, wherever they come from — handed over by `sockshare serve
 /// --mode handoff`, accepted on listeners this process was given (`sockshare serve --mode shared`,

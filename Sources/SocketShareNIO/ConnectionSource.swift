@@ -1,5 +1,6 @@
 import Glibc
 import SocketShare
+import SocketShareCore
 
 /// Where a ``ConnectionServer`` gets its connections: handed over by `sockshare serve`, accepted on
 /// listeners this process was given, or accepted on a listener it binds itself.

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import SocketShare
 import Synchronization
+import SocketShareCore
 
 /// Takes the connections `sockshare serve --mode handoff` hands over, on an event loop.
 ///

@@ -1,5 +1,6 @@
 import Glibc
 import SocketShare
+import SocketShareCore
 
 /// A listening socket's backlog, as the kernel reports it. SwiftNIO calls `listen(2)` again on a
 /// listener it adopts, and the backlog belongs to the socket, so every holder would get SwiftNIO's

@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import SocketShare
+import SocketShareCore
 
 /// Takes connections with SwiftNIO's own server channels: on listeners this process was given, or
 /// on one it binds. Accepting, and setting each connection up, is SwiftNIO's accept path exactly.

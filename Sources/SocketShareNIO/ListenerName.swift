@@ -1,4 +1,5 @@
 import NIOCore
+import SocketShareCore
 
 /// The name of the listener a connection came from — `--listen NAME=ADDR` of `sockshare serve`,
 /// systemd's `FileDescriptorName=` (`LISTEN_FDNAMES`) — at the front of the connection's pipeline

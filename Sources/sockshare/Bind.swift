@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import SocketShare
+import SocketShareServer
 
 struct Bind: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -3,9 +3,11 @@ import Glibc
 import Logging
 import Metrics
 import Prometheus
+import ServiceLifecycle
 import SocketShare
+import SocketShareServer
 
-struct BrokerCommand: ParsableCommand {
+struct BrokerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "broker",
         abstract: "Run the broker: hold shared sockets so that their sources may close them, or exit, at once.",
@@ -66,7 +68,7 @@ struct BrokerCommand: ParsableCommand {
         return getgrnam(name).map { $0.pointee.gr_gid }
     }
 
-    func run() throws {
+    func run() async throws {
         signal(SIGPIPE, SIG_IGN)
         let level = Logger.Level(rawValue: logLevel)!
         LoggingSystem.bootstrap { label in
@@ -78,7 +80,7 @@ struct BrokerCommand: ParsableCommand {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let logger = Logger(label: "sockshare.broker")
         let configuration = Broker.Configuration(
-            socketPath: socketPath ?? Broker.defaultSocketPath, maximumShares: maxShares, maximumSharesPerUser: perUid,
+            socketPath: socketPath ?? BrokerClient.defaultSocketPath, maximumShares: maxShares, maximumSharesPerUser: perUid,
             maximumTimeToLive: .milliseconds(Int64(maxTtl * 1000)), group: group.flatMap(Self.groupID),
             idleTimeout: .milliseconds(Int64(idleTimeout * 1000)), metricsText: { registry.emitToString() })
         let broker = try Terminal.run { () throws(SocketShareError) in
@@ -86,14 +88,16 @@ struct BrokerCommand: ParsableCommand {
                 ? try Broker.takingOver(configuration: configuration, logger: logger)
                 : try Broker(configuration: configuration, logger: logger)
         }
-        try Terminal.run { () throws(SocketShareError) in
-            try SignalPipe.handle([SIGTERM, SIGINT]) { number in
-                logger.notice("signal \(number): stopping")
-                broker.stop()
-            }
-        }
         logger.notice("broker pid \(getpid()) at \(configuration.socketPath)")
-        broker.run()
+        // The broker returns by itself once a successor has taken everything over: the group ends then too.
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: [.init(service: broker, successTerminationBehavior: .gracefullyShutdownGroup)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do {
+            try await group.run()
+        } catch {
+            throw Terminal.fail(SocketShareError(.system, operation: "broker", detail: "\(error)"))
+        }
         logger.notice("broker stopped")
     }
 }

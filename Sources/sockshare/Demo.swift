@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import SocketShare
+import SocketShareServer
 
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -130,7 +131,7 @@ private struct DemoSource {
             refused = error.errno?.rawValue == ECONNREFUSED || error.errno?.rawValue == ENOENT
         }
         say("connect after the last close -> \(refused ? "refused" : "accepted?!")")
-        SocketShare.stopSharing()
+        Sharer.default.stop()
         checks.append(("the socket closes with its last descriptor", refused))
         checks.append(("the target exited cleanly", termination == .exited(0)))
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import SocketShare
+import SocketShareServer
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,5 +1,6 @@
 import Glibc
 import SocketShare
+import SocketShareServer
 
 /// Replaces this process with a program (`execvp(3)`), as `adopt` and `bind` do.
 enum ProgramRunner {

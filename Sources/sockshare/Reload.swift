@@ -1,5 +1,6 @@
 import ArgumentParser
 import SocketShare
+import SocketShareServer
 
 struct Reload: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,5 +1,6 @@
 import ArgumentParser
 import SocketShare
+import SocketShareServer
 
 struct Revoke: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -21,7 +22,7 @@ struct Revoke: ParsableCommand {
 
     func run() throws {
         try Terminal.run { () throws(SocketShareError) in
-            var path = brokerPath ?? Broker.defaultSocketPath
+            var path = brokerPath ?? BrokerClient.defaultSocketPath
             let id: UInt64
             if let number = UInt64(share) {
                 id = number

@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import Logging
 import SocketShare
+import SocketShareServer
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(

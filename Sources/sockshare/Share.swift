@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import SocketShare
+import SocketShareServer
 
 struct Share: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -95,13 +96,13 @@ struct Share: AsyncParsableCommand {
         } catch {
             SocketShare.revoke(token)
             if token.mechanism == .broker { try? BrokerClient(socketPath: token.endpoint).revoke(shareID: token.shareID) }
-            SocketShare.stopSharing()
+            Sharer.default.stop()
             throw Terminal.fail(error.within("share"))
         }
         // The broker holds it now: nothing left to wait for here.
         if token.mechanism == .broker { return }
         let outcome = await SocketShare.outcome(of: token)
-        SocketShare.stopSharing()
+        Sharer.default.stop()
         switch outcome {
         case .claimed:
             return

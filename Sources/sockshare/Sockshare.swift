@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import SocketShare
+import SocketShareServer
 
 @main
 struct Sockshare: AsyncParsableCommand {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import SocketShare
+import SocketShareServer
 
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -35,7 +36,7 @@ struct Status: ParsableCommand {
             try showSupervisor(control)
             return
         }
-        let client = BrokerClient(socketPath: brokerPath ?? Broker.defaultSocketPath)
+        let client = BrokerClient(socketPath: brokerPath ?? BrokerClient.defaultSocketPath)
         if metrics {
             let text = try Terminal.run { () throws(SocketShareError) in try client.metrics() }
             try Terminal.run { () throws(SocketShareError) in try Terminal.line(text.hasSuffix("\n") ? String(text.dropLast()) : text) }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import SocketShare
+import SocketShareServer
 
 /// Output and failure conventions shared by every command.
 enum Terminal {

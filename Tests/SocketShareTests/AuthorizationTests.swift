@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// A share is claimable once, only by its target (pid, start time and uid), before it expires.
 extension SocketShareTests {
@@ -72,34 +74,33 @@ extension SocketShareTests {
         }
 
         /// The holder's decision, fed real kernel facts: our own end of a socketpair is a peer whose
-        /// pid, uid and pidfd are ours; entries name targets that differ in one respect each.
+        /// pid, uid and pidfd are ours; targets differ from us in one respect each.
         @Test func theHolderChecksPidThenProcessThenUser() throws {
             let (mine, _) = try SocketDescriptor.pair()
             let peer = try PeerProcess(of: mine.rawValue)
             let me = ProcessIdentity.current
             let inode = try ProcessDescriptor(pid: me.pid).uniqueInode
-            func entry(_ target: ProcessIdentity, uid: uid_t = getuid(), inode: UInt64? = inode) throws -> EscrowHolder.Entry {
-                EscrowHolder.Entry(
-                    id: 1, secret: .random(), mechanism: .sharer, target: ShareTarget(identity: target, uid: uid, uniqueInode: inode),
-                    descriptor: try mine.duplicate(), description: try mine.socketDescription(), depositor: me,
-                    depositorUID: getuid(), createdAtMilliseconds: 0, expiresAtMilliseconds: 0, deadline: .now)
+            func target(_ identity: ProcessIdentity, uid: uid_t = getuid(), inode: UInt64? = inode) -> ShareTarget {
+                ShareTarget(identity: identity, uid: uid, uniqueInode: inode)
             }
-            func code(_ message: EscrowMessage?) -> EscrowFailure? {
-                if case .failure(let code, _) = message { return code }
-                return nil
+            func code(_ target: ShareTarget, byStartTimeOnly: Bool = false) -> EscrowFailure? {
+                let claimant = EscrowTable<Int>.Claimant(pid: peer.pid, uid: peer.uid) {
+                    peer.isProcess($0, byStartTimeOnly: byStartTimeOnly)
+                }
+                return EscrowTable<Int>.authorize(claimant, for: target)?.failure
             }
-            #expect(EscrowHolder.authorize(peer, for: try entry(me), byStartTimeOnly: false) == nil)
-            #expect(EscrowHolder.authorize(peer, for: try entry(me), byStartTimeOnly: true) == nil)
+            #expect(code(target(me)) == nil)
+            #expect(code(target(me), byStartTimeOnly: true) == nil)
             let otherPid = ProcessIdentity(pid: me.pid + 1, startTime: me.startTime)
-            #expect(code(EscrowHolder.authorize(peer, for: try entry(otherPid), byStartTimeOnly: false)) == .wrongProcess)
+            #expect(code(target(otherPid)) == .wrongProcess)
             // Same pid, another start time: a recycled pid, as a kernel before 6.9 can tell.
             let recycled = ProcessIdentity(pid: me.pid, startTime: me.startTime + 1)
-            #expect(code(EscrowHolder.authorize(peer, for: try entry(recycled), byStartTimeOnly: true)) == .wrongStartTime)
+            #expect(code(target(recycled), byStartTimeOnly: true) == .wrongStartTime)
             // Same pid and start tick, another process: only pidfs can tell (6.9+).
             if let inode {
-                #expect(code(EscrowHolder.authorize(peer, for: try entry(me, inode: inode + 1), byStartTimeOnly: false)) == .wrongStartTime)
+                #expect(code(target(me, inode: inode + 1)) == .wrongStartTime)
             }
-            #expect(code(EscrowHolder.authorize(peer, for: try entry(me, uid: getuid() + 1), byStartTimeOnly: false)) == .wrongUser)
+            #expect(code(target(me, uid: getuid() + 1)) == .wrongUser)
         }
 
         @Test func aShareForAProcessThatIsGoneIsRefused() throws {
@@ -200,8 +201,8 @@ extension SocketShareTests {
             let target = try Helper()
             let socket = try SocketDescriptor.socket(.unix, .stream)
             let token = try SocketShare.duplicate(socket, for: target.pid)
-            #expect(SocketShare.revoke(token))
-            #expect(!SocketShare.revoke(token))
+            #expect(Sharer.default.revoke(token))
+            #expect(!Sharer.default.revoke(token))
             #expect(await SocketShare.outcome(of: token) == .revoked)
             #expect {
                 try target.call("adopt", token.text)

@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// Bad clients get a clear error or are dropped; good clients keep being served; the broker's
 /// descriptors return to their baseline and its memory stays bounded.

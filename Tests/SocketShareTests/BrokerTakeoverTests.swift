@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// Restart without loss: a new broker takes the listening socket and every share from the old one.
 extension SocketShareTests {

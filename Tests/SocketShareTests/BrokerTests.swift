@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// The broker daemon, as a real process: escrow that outlives the source, with the same rules.
 extension SocketShareTests {

@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// The `sockshare` program, run as users run it.
 extension SocketShareTests {

@@ -6,6 +6,8 @@ import ServiceLifecycle
 import Synchronization
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 @testable import SocketShareNIO
 
 /// `ConnectionServer`: connections from a dispatcher (handed over on the worker channel, read on

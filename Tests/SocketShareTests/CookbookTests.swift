@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// The cookbook (`examples/`): each example's `run.sh` runs as its page says, against this build,
 /// and reports every check it made; the Winsock port runs to its last check.

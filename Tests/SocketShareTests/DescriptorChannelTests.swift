@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 extension SocketShareTests {
     @Suite struct DescriptorChannelTests {

@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// Winsock's event selection with its shared-socket rule: one registration per socket, across
 /// processes; the displaced registrant is told; cooperative registrations share disjoint events.
@@ -63,7 +65,7 @@ extension SocketShareTests {
             let a = try Helper()
             let (server, _, slots) = try Self.sharedConnection(with: [a])
             try a.call("select", slots[0], "read|close")
-            let cancel = try SocketShare.select(server, events: [])
+            let cancel = try EventSelection(server, events: [])
             try a.call("wait-record", "displaced_by_pid_\(getpid())")
             #expect(SocketHolders(inode: cancel.identity.inode).registrations.isEmpty)
             _ = try a.finish()
@@ -194,7 +196,7 @@ extension SocketShareTests {
             let holders = SocketHolders(inode: try server.socketDescription().identity.inode)
             #expect(Set(holders.registrations.map(\.pid)) == [a.pid, b.pid])
             // An exclusive registration, as Winsock's, displaces them all.
-            let exclusive = try SocketShare.select(server, events: .close)
+            let exclusive = try EventSelection(server, events: .close)
             try a.call("wait-record", "displaced_by_pid_\(getpid())")
             try b.call("wait-record", "displaced_by_pid_\(getpid())")
             exclusive.cancel()

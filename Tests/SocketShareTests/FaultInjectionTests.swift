@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// kill -9 at each step of share/claim, broker deposit/claim and connection handoff: a real process
 /// dies by SIGKILL exactly at the step (`SOCKSHARE_FAULT`, see `FaultPoint`), and the others must end

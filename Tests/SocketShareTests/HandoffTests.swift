@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// `sockshare serve --mode handoff`: connections handed to workers, none lost when workers die,
 /// stall or refuse; backpressure when all are full; nothing leaks.

@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// Nothing leaks: descriptor counts return to baseline, every descriptor is close-on-exec, and a
 /// program exec'd after adoption inherits exactly the socket it was given.
@@ -22,7 +24,7 @@ extension SocketShareTests {
                 let slot = try target.call("adopt", token.text)[0]
                 try target.call("close", slot)
             }
-            #expect(eventually { openDescriptors().count == ourBaseline && SocketShare.heldShareCount == 0 },
+            #expect(eventually { openDescriptors().count == ourBaseline && Sharer.default.heldShareCount == 0 },
                     "ours: \(openDescriptors().count) vs \(ourBaseline)")
             #expect(try target.call("fdcount")[0] == theirBaseline)
             _ = try target.finish()

@@ -2,6 +2,8 @@ import Glibc
 import Synchronization
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// The reactor under the dispatcher and the shared-listener acceptor: callbacks on its one thread,
 /// timers in order, answers across threads, and a stop that joins and closes what it opened.

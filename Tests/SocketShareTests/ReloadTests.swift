@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// Reload and upgrade of `sockshare serve`: zero lost connections, readiness from the new workers
 /// themselves, rollback, bounded drains, and the systemd notifications serve sends.

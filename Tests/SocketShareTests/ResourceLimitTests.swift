@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// Running out: a target at its descriptor limit gets a clear error and can claim once it has room.
 /// (A full channel and the broker's cap are tested with the channel and the broker.)

@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// `sockshare serve` in shared mode, with the example worker, with systemd's variables, and its errors.
 extension SocketShareTests {

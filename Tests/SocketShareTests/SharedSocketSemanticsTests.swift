@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// The seed's semantics, across real processes: one socket, several descriptors, common state,
 /// independent I/O, reference-counted close.

@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// Every kind of socket SocketShare shares, adopted by another process and used there.
 extension SocketShareTests {

@@ -177,7 +177,7 @@ func run(_ words: [String]) async throws -> [String] {
     case "outcome":
         return ["\(await SocketShare.outcome(of: try ShareToken(text: words[1])))".replacingSpaces]
     case "held":
-        return ["\(SocketShare.heldShareCount)"]
+        return ["\(Sharer.default.heldShareCount)"]
     case "make-sockets":
         // N UDP sockets on loopback, for the large-batch test; answers their inodes.
         var inodes: [String] = []
@@ -194,7 +194,7 @@ func run(_ words: [String]) async throws -> [String] {
         try channel.sendBatch(fds, deadline: .now + .seconds(30))
         return ["\(fds.count)"]
     case "stop-sharing":
-        SocketShare.stopSharing()
+        Sharer.default.stop()
         return []
     case "select":
         // select SLOT EVENTS [coop]: records arrive in the background; `records` lists them.

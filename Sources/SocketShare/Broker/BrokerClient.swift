@@ -1,19 +1,28 @@
 import Glibc
+import SocketShareCore
 
 /// Talks to a broker: deposit a socket for a target, revoke, list, read metrics.
 ///
 /// Each call opens a connection, sends one request, waits (at most `timeout`) for the answer and
-/// closes. Claims go through ``SocketShare/adopt(_:timeout:)``, as for any token.
+/// closes. Claims go through `SocketShare.adopt(_:timeout:)`, as for any token.
 public struct BrokerClient: Sendable {
     /// The broker's socket.
     public var socketPath: String
     /// How long to wait for an answer.
     public var timeout: Duration
 
-    /// A client of the broker at `socketPath` (default ``Broker/defaultSocketPath``).
-    public init(socketPath: String = Broker.defaultSocketPath, timeout: Duration = .seconds(10)) {
+    /// A client of the broker at `socketPath` (default `defaultSocketPath`).
+    public init(socketPath: String = BrokerClient.defaultSocketPath, timeout: Duration = .seconds(10)) {
         self.socketPath = socketPath
         self.timeout = timeout
+    }
+
+    /// Where brokers listen unless told otherwise: `$SOCKSHARE_BROKER`, else `broker.sock` in the
+    /// standard `RuntimeDirectory` (`$XDG_RUNTIME_DIR/sockshare/broker.sock`,
+    /// `/run/sockshare/broker.sock` for root).
+    public static var defaultSocketPath: String {
+        if let explicit = RuntimeDirectory.environment("SOCKSHARE_BROKER"), !explicit.isEmpty { return explicit }
+        return RuntimeDirectory.standardPath + "/broker.sock"
     }
 
     /// Deposits `descriptor` for `target` and returns the token. The caller keeps its descriptor
@@ -23,7 +32,7 @@ public struct BrokerClient: Sendable {
     ///   - descriptor: The socket to share; it stays open and owned by the caller.
     ///   - target: The target; a start time of 0 means whichever process has the pid now.
     ///   - timeToLive: How long the share stays claimable; the broker may cap it (`--max-ttl`).
-    /// - Throws: ``SocketShareError``: `holderGone` when no broker answers; `limitReached` for quotas,
+    /// - Throws: `SocketShareError`: `holderGone` when no broker answers; `limitReached` for quotas,
     ///   the global cap or a time to live above the broker's maximum; `invalidArgument` when the target
     ///   does not exist.
     public func deposit(_ descriptor: CInt, for target: ProcessIdentity, timeToLive: Duration = ShareOptions.defaultTimeToLive) throws(SocketShareError) -> ShareToken {
@@ -66,25 +75,10 @@ public struct BrokerClient: Sendable {
     }
 
     /// Sends one request and returns the answer; a failure answer is thrown.
-    func request(_ message: EscrowMessage, descriptors: [CInt] = [], operation: String) throws(SocketShareError) -> EscrowMessage {
+    package func request(_ message: EscrowMessage, descriptors: [CInt] = [], operation: String) throws(SocketShareError) -> EscrowMessage {
         let deadline = ContinuousClock.now + timeout
-        let channel: DescriptorChannel
-        do throws(SocketShareError) {
-            channel = try DescriptorChannel.connect(to: socketPath)
-        } catch {
-            switch error.errno?.rawValue {
-            case ENOENT?, ECONNREFUSED?:
-                throw SocketShareError(
-                    .holderGone, operation: operation, errno: error.errno,
-                    detail: "no broker answers at \(socketPath) (start one with `sockshare broker`)")
-            case EACCES?:
-                throw SocketShareError(
-                    .permissionDenied, operation: operation, errno: error.errno,
-                    detail: "\(socketPath) is not reachable by this user (the broker's directory is private to its user or group)")
-            default:
-                throw error.within(operation, context: "connect to \(socketPath)")
-            }
-        }
+        let channel = try DescriptorChannel.connect(
+            to: socketPath, for: operation, absent: "no broker answers at \(socketPath) (start one with `sockshare broker`)")
         defer { try? channel.close() }
         try channel.send(message.bytes, descriptors: descriptors, deadline: deadline)
         guard let reply = try channel.receive(maximumBytes: EscrowMessage.maximumReplyLength, deadline: deadline) else {

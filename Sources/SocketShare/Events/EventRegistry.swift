@@ -1,4 +1,5 @@
 import Glibc
+import SocketShareCore
 
 /// Who holds the event registration of each socket, across processes, without a daemon.
 ///
@@ -8,24 +9,24 @@ import Glibc
 /// registrant that crashes leaves no stale lock, and its line is ignored (its pid is gone or names
 /// another process) and dropped by the next registration. Each registrant listens on its own
 /// datagram socket (`noticePath`) for the notice that it was displaced.
-struct EventRegistry: Sendable {
+package struct EventRegistry: Sendable {
     /// One registration.
-    struct Registrant: Hashable, Sendable {
-        var process: ProcessIdentity
-        var events: NetworkEvents
-        var cooperative: Bool
-        var noticePath: String
+    package struct Registrant: Hashable, Sendable {
+        package var process: ProcessIdentity
+        package var events: NetworkEvents
+        package var cooperative: Bool
+        package var noticePath: String
 
-        var line: String { "\(process.pid) \(process.startTime) \(events.rawValue) \(cooperative ? 1 : 0) \(noticePath)" }
+        package var line: String { "\(process.pid) \(process.startTime) \(events.rawValue) \(cooperative ? 1 : 0) \(noticePath)" }
 
-        init(process: ProcessIdentity, events: NetworkEvents, cooperative: Bool, noticePath: String) {
+        package init(process: ProcessIdentity, events: NetworkEvents, cooperative: Bool, noticePath: String) {
             self.process = process
             self.events = events
             self.cooperative = cooperative
             self.noticePath = noticePath
         }
 
-        init?(line: Substring) {
+        package init?(line: Substring) {
             let fields = line.split(separator: " ", maxSplits: 4)
             guard fields.count == 5, let pid = pid_t(fields[0]), let start = UInt64(fields[1]), let bits = Int(fields[2]) else {
                 return nil
@@ -36,17 +37,17 @@ struct EventRegistry: Sendable {
         }
 
         /// Whether the registering process still runs (same pid and start time, not a zombie).
-        var isAlive: Bool {
+        package var isAlive: Bool {
             guard let current = try? ProcessDescriptor(pid: process.pid), !current.hasExited else { return false }
             return current.identity == process
         }
     }
 
     /// The directory holding the registrations (`events` in the runtime directory, `0700`).
-    let directory: String
+    package let directory: String
 
     /// The registry in the standard runtime directory, swept of what dead registrants left.
-    static func standard() throws(SocketShareError) -> EventRegistry {
+    package static func standard() throws(SocketShareError) -> EventRegistry {
         let runtime = try RuntimeDirectory.standard()
         let directory = try RuntimeDirectory(preparing: runtime.appending("events"))
         let registry = EventRegistry(directory: directory.path)
@@ -56,7 +57,7 @@ struct EventRegistry: Sendable {
 
     /// Removes notice sockets of processes that are gone, and the files of sockets whose every
     /// registrant is gone (a registrant killed with `SIGKILL` cannot clean up after itself).
-    func sweep() {
+    package func sweep() {
         for name in Kernel.directoryEntries(directory) {
             if name.hasSuffix(".notice") {
                 let parts = name.split(separator: "-")
@@ -75,7 +76,7 @@ struct EventRegistry: Sendable {
     /// told). An exclusive registration displaces every other; a cooperative one joins other
     /// cooperative ones whose events are disjoint from its own, and is refused otherwise. An
     /// exclusive registration for no events only cancels the others.
-    func register(_ registrant: Registrant, inode: UInt64) throws(SocketShareError) -> [Registrant] {
+    package func register(_ registrant: Registrant, inode: UInt64) throws(SocketShareError) -> [Registrant] {
         try locked(inode) { () throws(SocketShareError) -> [Registrant] in
             let existing = live(inode).filter { $0.noticePath != registrant.noticePath }
             if registrant.cooperative {
@@ -101,7 +102,7 @@ struct EventRegistry: Sendable {
 
     /// Removes the registration whose notice socket is `noticePath`, if it is still there. The
     /// socket's files go when no registration is left.
-    func unregister(noticePath: String, inode: UInt64) {
+    package func unregister(noticePath: String, inode: UInt64) {
         _ = try? locked(inode) { () throws(SocketShareError) in
             let remaining = live(inode).filter { $0.noticePath != noticePath }
             try write(remaining, inode: inode)
@@ -110,7 +111,7 @@ struct EventRegistry: Sendable {
     }
 
     /// The live registrations of socket `inode`.
-    func live(_ inode: UInt64) -> [Registrant] {
+    package func live(_ inode: UInt64) -> [Registrant] {
         guard let bytes = try? Kernel.readFile(ownerPath(inode)) else { return [] }
         return String(decoding: bytes, as: UTF8.self).split(separator: "\n").compactMap(Registrant.init(line:))
             .filter { $0.isAlive }

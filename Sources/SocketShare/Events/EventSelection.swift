@@ -1,4 +1,5 @@
 import Glibc
+import SocketShareCore
 
 /// Winsock's `WSAEventSelect` on Linux: one event registration per *socket*, across every process
 /// that holds a descriptor of it.
@@ -11,17 +12,17 @@ import Glibc
 /// Windows cannot do; an overlapping cooperative request is refused.
 ///
 /// Events are reported the Winsock way: each once, then not again until re-enabled by the call
-/// that consumes it — ``receive(maximumCount:)`` re-enables `read`, ``receiveOutOfBand()`` `outOfBand`,
-/// ``accept()`` `accept`, and a ``send(_:)`` that would block re-enables `write`; if the condition
+/// that consumes it — `receive(maximumCount:)` re-enables `read`, `receiveOutOfBand()` `outOfBand`,
+/// `accept()` `accept`, and a `send(_:)` that would block re-enables `write`; if the condition
 /// still holds when re-enabled (data left unread), the event is reported again at once. Code that
-/// calls the kernel itself says so with ``reenable(_:)``. `connect` and `close` are reported once.
+/// calls the kernel itself says so with `reenable(_:)`. `connect` and `close` are reported once.
 /// `write` is reported on registration when sending is already possible, as Winsock does. `connect`
 /// is reported for a TCP socket that is connecting when selected, or has not connected yet (select,
 /// then connect, as Winsock code does); a connect that already failed is reported at once with its
 /// error.
 ///
 /// ```swift
-/// let selection = try SocketShare.select(connection, events: [.read, .close])
+/// let selection = try EventSelection(connection, events: [.read, .close])
 /// for await record in selection {
 ///     switch record {
 ///     case .event(.read, _): process(try selection.receive())
@@ -56,17 +57,17 @@ public final class EventSelection: AsyncSequence, Sendable {
     private let stream: AsyncStream<EventRecord>
     private let continuation: AsyncStream<EventRecord>.Continuation
 
-    struct State {
+    package struct State {
         /// Events that may be reported now (reported ones wait for re-enabling).
-        var armed: NetworkEvents
-        var ended = false
-        var started = false
-        var connectPhase = ConnectPhase.none
-        var closeReported = false
+        package var armed: NetworkEvents
+        package var ended = false
+        package var started = false
+        package var connectPhase = ConnectPhase.none
+        package var closeReported = false
     }
 
     /// Where a TCP socket's connect stands, for the `connect` event.
-    enum ConnectPhase {
+    package enum ConnectPhase {
         /// Connected already, or not a TCP socket: no `connect` event to come.
         case none
         /// Not connected and not connecting: `connect` has not been called yet (checked every 10 ms).
@@ -79,7 +80,7 @@ public final class EventSelection: AsyncSequence, Sendable {
     /// before through any descriptor of it (or, when `cooperative`, joining other cooperative
     /// registrations with disjoint events). Records arrive through the sequence.
     ///
-    /// - Throws: ``SocketShareError`` with code `refused` for an overlapping cooperative request, or
+    /// - Throws: `SocketShareError` with code `refused` for an overlapping cooperative request, or
     ///   one while an exclusive registration holds the socket; `invalidArgument` when `socket` is
     ///   not a socket.
     public convenience init(
@@ -207,7 +208,7 @@ public final class EventSelection: AsyncSequence, Sendable {
     }
 
     /// Tells the registrant listening at `path` that `pid` displaced it.
-    static func tell(_ path: String, displacedBy pid: pid_t) {
+    package static func tell(_ path: String, displacedBy pid: pid_t) {
         guard let socket = try? SocketDescriptor.socket(.unix, .datagram) else { return }
         defer { try? socket.close() }
         let text = Array("displaced \(pid)".utf8)
@@ -328,16 +329,16 @@ extension EventSelection {
     }
 
     /// `POLLRDHUP` (a GNU constant the module does not import): the peer shut down its writing side.
-    static let pollReadHangUp: CInt = 0x2000
+    package static let pollReadHangUp: CInt = 0x2000
 
     /// Bytes waiting to be read (`FIONREAD`).
-    static func unread(_ fd: CInt) -> Int {
+    package static func unread(_ fd: CInt) -> Int {
         var count: CInt = 0
         return ioctl(fd, UInt(FIONREAD), &count) == 0 ? Int(count) : 0
     }
 
     /// A TCP socket's state (`TCP_INFO`), or nil for other sockets.
-    static func tcpState(_ fd: CInt) -> UInt8? {
+    package static func tcpState(_ fd: CInt) -> UInt8? {
         var info = tcp_info()
         var length = socklen_t(MemoryLayout<tcp_info>.size)
         guard getsockopt(fd, CInt(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 else { return nil }
@@ -345,10 +346,10 @@ extension EventSelection {
     }
 
     /// Whether a TCP socket is connecting (`SYN_SENT`).
-    static func isConnecting(_ fd: CInt) -> Bool { tcpState(fd) == 2 }
+    package static func isConnecting(_ fd: CInt) -> Bool { tcpState(fd) == 2 }
 
     /// The connect phase of a socket being selected.
-    static func connectPhase(_ fd: CInt) -> ConnectPhase {
+    package static func connectPhase(_ fd: CInt) -> ConnectPhase {
         switch tcpState(fd) {
         case 2?: .connecting
         case 7? where (try? Kernel.socketOption(fd, SOL_SOCKET, SO_ACCEPTCONN)) != 1: .notStarted  // TCP_CLOSE
@@ -358,7 +359,7 @@ extension EventSelection {
 
     /// The `connect` record once a connect has completed (established, or failed with `SO_ERROR`);
     /// nil while it has not. `waiting`: the connect may not have been started yet.
-    static func connectOutcome(_ fd: CInt, waiting: Bool) -> EventRecord? {
+    package static func connectOutcome(_ fd: CInt, waiting: Bool) -> EventRecord? {
         let state = tcpState(fd)
         if state == 2 { return nil }
         if state == 7 || state == nil {
@@ -367,15 +368,5 @@ extension EventSelection {
             return .event(.connect, error: error == 0 ? nil : error)
         }
         return .event(.connect, error: nil)
-    }
-}
-
-extension SocketShare {
-    /// Registers for network events on the socket behind `descriptor`, the way `WSAEventSelect`
-    /// does: see ``EventSelection``.
-    public static func select(
-        _ descriptor: SocketDescriptor, events: NetworkEvents, cooperative: Bool = false
-    ) throws(SocketShareError) -> EventSelection {
-        try EventSelection(descriptor, events: events, cooperative: cooperative)
     }
 }

@@ -1,4 +1,5 @@
 import Glibc
+import SocketShareCore
 
 /// The network events of Winsock's `WSAEventSelect`, with the same bit values as its `FD_*` flags.
 public struct NetworkEvents: OptionSet, Sendable, Hashable, CustomStringConvertible {
@@ -28,7 +29,7 @@ public struct NetworkEvents: OptionSet, Sendable, Hashable, CustomStringConverti
     public static let all: NetworkEvents = [.read, .write, .outOfBand, .accept, .connect, .close]
 
     /// The names: `read`, `write`, `oob`, `accept`, `connect`, `close`.
-    static let names: [(NetworkEvents, String)] = [
+    package static let names: [(NetworkEvents, String)] = [
         (.read, "read"), (.write, "write"), (.outOfBand, "oob"), (.accept, "accept"), (.connect, "connect"), (.close, "close"),
     ]
 

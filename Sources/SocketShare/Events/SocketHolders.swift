@@ -1,4 +1,5 @@
 import Glibc
+import SocketShareCore
 
 /// Who holds a socket: every process with a descriptor of it (from `/proc/*/fd`), and who holds its
 /// event registration.

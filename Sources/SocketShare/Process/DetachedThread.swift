@@ -1,18 +1,19 @@
 import Glibc
+import SocketShareCore
 
 /// Starts a detached POSIX thread, for a blocking loop that must run whatever the caller's threads
 /// (or Swift's cooperative pool) are doing: the escrow holder's loop, a `SharedListenerAcceptor`-style
 /// blocking `accept`.
-public enum DetachedThread {
+package enum DetachedThread {
     private final class Box {
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+        package let body: @Sendable () -> Void
+        package init(_ body: @escaping @Sendable () -> Void) { self.body = body }
     }
 
     /// Runs `body` on a new detached thread.
     ///
-    /// - Throws: ``SocketShareError`` (`system`) when `pthread_create` fails; `body` is then not run.
-    public static func start(_ body: @escaping @Sendable () -> Void) throws(SocketShareError) {
+    /// - Throws: `SocketShareError` (`system`) when `pthread_create` fails; `body` is then not run.
+    package static func start(_ body: @escaping @Sendable () -> Void) throws(SocketShareError) {
         let context = Unmanaged.passRetained(Box(body)).toOpaque()
         var attributes = pthread_attr_t()
         pthread_attr_init(&attributes)

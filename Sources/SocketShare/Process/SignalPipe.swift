@@ -1,18 +1,19 @@
 import Glibc
+import SocketShareCore
 
 /// Turns signals into bytes on a pipe, so a poll loop or a waiting thread can react to SIGTERM,
 /// SIGINT or SIGHUP at a point of its choosing instead of in a signal handler.
 ///
 /// The handler only writes the signal number to the pipe (async-signal-safe). Dispositions are
-/// process-wide; ``ProcessSpawner`` resets them to the default in children.
-public enum SignalPipe {
+/// process-wide; `ProcessSpawner` resets them to the default in children.
+package enum SignalPipe {
     nonisolated(unsafe) private static var writeEnd: CInt = -1
     nonisolated(unsafe) private static var readEnd: CInt = -1
 
     /// Routes `signals` to the pipe and returns its read end: each byte read is a signal number.
     ///
     /// Call it once, early, from one thread; later calls add signals to the same pipe.
-    public static func install(_ signals: [CInt]) throws(SocketShareError) -> CInt {
+    package static func install(_ signals: [CInt]) throws(SocketShareError) -> CInt {
         if readEnd < 0 {
             let (read, write) = try Kernel.pipe()
             try Kernel.setNonBlocking(write, true)
@@ -37,7 +38,7 @@ public enum SignalPipe {
     }
 
     /// Calls `handler` on a background thread with each of `signals` as it arrives.
-    public static func handle(_ signals: [CInt], _ handler: @escaping @Sendable (CInt) -> Void) throws(SocketShareError) {
+    package static func handle(_ signals: [CInt], _ handler: @escaping @Sendable (CInt) -> Void) throws(SocketShareError) {
         _ = try install(signals)
         try DetachedThread.start {
             while true {
@@ -48,7 +49,7 @@ public enum SignalPipe {
 
     /// Waits until the first of `signals` arrives (for a server: `[SIGTERM, SIGINT]`); returns at
     /// once when the signals cannot be routed, so a caller never waits forever on a failed install.
-    public static func waitForAny(_ signals: [CInt]) async {
+    package static func waitForAny(_ signals: [CInt]) async {
         let resumed = Locked(false)
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             do throws(SocketShareError) {
@@ -66,7 +67,7 @@ public enum SignalPipe {
     }
 
     /// Reads one signal number, waiting until `deadline`; nil when none arrived.
-    public static func next(deadline: ContinuousClock.Instant?) throws(SocketShareError) -> CInt? {
+    package static func next(deadline: ContinuousClock.Instant?) throws(SocketShareError) -> CInt? {
         guard readEnd >= 0 else { return nil }
         var fds = [pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)]
         guard try Kernel.poll(&fds, deadline: deadline) > 0 else { return nil }

@@ -1,13 +1,14 @@
 import CSocketShare
 import Glibc
+import SocketShareCore
 
 /// One thread, one `epoll`: descriptor callbacks, timers, tasks handed in from other threads, and
 /// a stop that joins the thread. A long-running component runs on one instead of a thread, a
 /// self-pipe and a `poll` loop of its own.
 ///
 /// Everything registered runs on the reactor's thread, one callback at a time, so the state those
-/// callbacks touch needs no lock. Other threads talk to the reactor with ``execute(_:)`` (fire and
-/// forget) or ``sync(_:)`` (wait for the answer). Descriptor callbacks are level-triggered: a
+/// callbacks touch needs no lock. Other threads talk to the reactor with `execute(_:)` (fire and
+/// forget) or `sync(_:)` (wait for the answer). Descriptor callbacks are level-triggered: a
 /// callback that leaves data unread is called again on the next round.
 ///
 /// `@unchecked Sendable`: what other threads touch is behind a lock; the rest (watches, timers) is
@@ -15,26 +16,26 @@ import Glibc
 package final class Reactor: @unchecked Sendable {
     /// A descriptor being watched.
     package struct Watch: Hashable, Sendable {
-        let tag: UInt64
+        package let tag: UInt64
     }
 
     /// A timer that has not fired yet.
     package struct Timer: Hashable, Sendable {
-        let id: UInt64
+        package let id: UInt64
     }
 
     private struct Shared {
-        var tasks: [@Sendable () -> Void] = []
-        /// What answers each ``sync(_:)`` still waiting, should the reactor stop first.
-        var abandoned: [UInt64: @Sendable () -> Void] = [:]
-        var nextWaiter: UInt64 = 0
-        var started = false
-        var stopping = false
-        var finished = false
-        /// Whether the epoll and eventfd are closed (by a ``Reactor/stop()`` that joined the thread).
-        var closed = false
-        var thread: pthread_t?
-        var running: pthread_t?
+        package var tasks: [@Sendable () -> Void] = []
+        /// What answers each `sync(_:)` still waiting, should the reactor stop first.
+        package var abandoned: [UInt64: @Sendable () -> Void] = [:]
+        package var nextWaiter: UInt64 = 0
+        package var started = false
+        package var stopping = false
+        package var finished = false
+        /// Whether the epoll and eventfd are closed (by a `Reactor.stop()` that joined the thread).
+        package var closed = false
+        package var thread: pthread_t?
+        package var running: pthread_t?
     }
 
     private let epoll: CInt
@@ -50,7 +51,7 @@ package final class Reactor: @unchecked Sendable {
     /// The tag of the wake-up eventfd in the epoll set.
     private static let wakeTag: UInt64 = 0
 
-    /// A reactor named `name` (for errors); nothing runs until ``start()``.
+    /// A reactor named `name` (for errors); nothing runs until `start()`.
     package init(name: String) throws(SocketShareError) {
         self.name = name
         epoll = try Kernel.epollCreate()
@@ -139,7 +140,7 @@ package final class Reactor: @unchecked Sendable {
         return completion.wait()
     }
 
-    /// Ends the loop after the current round; tasks not yet run are dropped (a ``sync(_:)`` still
+    /// Ends the loop after the current round; tasks not yet run are dropped (a `sync(_:)` still
     /// waiting gets nil). From another thread, waits for the reactor's thread to end and closes its
     /// epoll and eventfd; from a callback, they close when the reactor goes away. Idempotent.
     package func stop() {
@@ -148,8 +149,12 @@ package final class Reactor: @unchecked Sendable {
                 shared.stopping = true
                 Kernel.signal(eventDescriptor: wake)
             }
-            guard !inReactor(shared) else { return nil }
             defer { shared.thread = nil }
+            guard !inReactor(shared) else {
+                // Nobody will join a thread that stops itself: let it go when it ends.
+                if let thread = shared.thread { pthread_detach(thread) }
+                return nil
+            }
             return shared.thread
         }
         guard let thread else { return }
@@ -170,10 +175,10 @@ package final class Reactor: @unchecked Sendable {
     // MARK: On the reactor's thread
 
     /// Calls `handler` with the `epoll` events whenever `descriptor` is readable (and on errors and
-    /// hang-ups). The caller keeps owning the descriptor and must ``unwatch(_:)`` it before closing.
+    /// hang-ups). The caller keeps owning the descriptor and must `unwatch(_:)` it before closing.
     /// With `exclusive` (`EPOLLEXCLUSIVE`, for a listener other processes wait on too), the kernel
     /// wakes one of the waiters for an event instead of all of them; such a watch cannot be
-    /// switched off with ``setReadable(_:_:)``, only removed.
+    /// switched off with `setReadable(_:_:)`, only removed.
     package func watch(
         _ descriptor: CInt, readable: Bool = true, exclusive: Bool = false, _ handler: @escaping (UInt32) -> Void
     ) throws(SocketShareError) -> Watch {
@@ -244,16 +249,16 @@ package final class Reactor: @unchecked Sendable {
     }
 }
 
-/// Timers of a ``Reactor``: a min-heap of deadlines; cancelled ones are skipped when they come up.
-struct TimerQueue {
+/// Timers of a `Reactor`: a min-heap of deadlines; cancelled ones are skipped when they come up.
+package struct TimerQueue {
     private var heap = DeadlineQueue()
     private var bodies: [UInt64: () -> Void] = [:]
     private var nextID: UInt64 = 1
 
     /// The earliest deadline of a timer still pending (possibly a cancelled one's).
-    var earliest: ContinuousClock.Instant? { heap.earliest }
+    package var earliest: ContinuousClock.Instant? { heap.earliest }
 
-    mutating func insert(deadline: ContinuousClock.Instant, _ body: @escaping () -> Void) -> UInt64 {
+    package mutating func insert(deadline: ContinuousClock.Instant, _ body: @escaping () -> Void) -> UInt64 {
         let id = nextID
         nextID += 1
         bodies[id] = body
@@ -261,24 +266,24 @@ struct TimerQueue {
         return id
     }
 
-    mutating func cancel(_ id: UInt64) {
+    package mutating func cancel(_ id: UInt64) {
         bodies[id] = nil
     }
 
     /// Takes the bodies of the timers due at `now`, earliest first.
-    mutating func popDue(_ now: ContinuousClock.Instant) -> [() -> Void] {
+    package mutating func popDue(_ now: ContinuousClock.Instant) -> [() -> Void] {
         heap.popDue(now).compactMap { bodies.removeValue(forKey: $0) }
     }
 }
 
 /// A value one thread waits for and another provides, once.
-final class Completion<Value: Sendable>: @unchecked Sendable {
+package final class Completion<Value: Sendable>: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var value: Value?
     private var done = false
 
-    init() {
+    package init() {
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(condition, nil)
     }
@@ -291,7 +296,7 @@ final class Completion<Value: Sendable>: @unchecked Sendable {
     }
 
     /// Provides the value (the first call wins).
-    func complete(_ value: Value) {
+    package func complete(_ value: Value) {
         pthread_mutex_lock(mutex)
         if !done {
             self.value = value
@@ -302,7 +307,7 @@ final class Completion<Value: Sendable>: @unchecked Sendable {
     }
 
     /// Waits until the value is provided.
-    func wait() -> Value {
+    package func wait() -> Value {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         while !done { pthread_cond_wait(condition, mutex) }

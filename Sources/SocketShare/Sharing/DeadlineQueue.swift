@@ -1,17 +1,18 @@
+import SocketShareCore
 /// A min-heap of share deadlines, so the holder finds the next expiry without scanning every share.
 ///
 /// Removal is lazy: a share that ends early leaves its item behind, and whoever pops it checks
 /// that the share still exists with that deadline.
-struct DeadlineQueue {
+package struct DeadlineQueue {
     private var heap: [(deadline: ContinuousClock.Instant, id: UInt64)] = []
 
     /// The earliest deadline queued (possibly of a share that has already ended).
-    var earliest: ContinuousClock.Instant? { heap.first?.deadline }
+    package var earliest: ContinuousClock.Instant? { heap.first?.deadline }
 
     /// Items queued, stale ones included.
-    var count: Int { heap.count }
+    package var count: Int { heap.count }
 
-    mutating func insert(_ deadline: ContinuousClock.Instant, id: UInt64) {
+    package mutating func insert(_ deadline: ContinuousClock.Instant, id: UInt64) {
         heap.append((deadline, id))
         var child = heap.count - 1
         while child > 0 {
@@ -23,7 +24,7 @@ struct DeadlineQueue {
     }
 
     /// Removes and returns the ids whose deadline is at or before `now`.
-    mutating func popDue(_ now: ContinuousClock.Instant) -> [UInt64] {
+    package mutating func popDue(_ now: ContinuousClock.Instant) -> [UInt64] {
         var due: [UInt64] = []
         while let first = heap.first, first.deadline <= now {
             due.append(first.id)

@@ -1,9 +1,10 @@
 import Metrics
+import SocketShareCore
 
 /// What an escrow holder counts, through swift-metrics: deposits, claims, refusals by reason,
 /// expiries and the shares held now. Without a metrics backend bootstrapped these cost nothing; the
 /// broker bootstraps Prometheus and serves the text to `sockshare status --metrics`.
-struct EscrowMetrics: Sendable {
+package struct EscrowMetrics: Sendable {
     private let deposits = Counter(label: "sockshare_deposits_total")
     private let claims = Counter(label: "sockshare_claims_total")
     private let expiries = Counter(label: "sockshare_expiries_total")
@@ -11,12 +12,12 @@ struct EscrowMetrics: Sendable {
     private let targetExits = Counter(label: "sockshare_target_exits_total")
     private let held = Gauge(label: "sockshare_held_shares")
 
-    func deposited(heldNow: Int) {
+    package func deposited(heldNow: Int) {
         deposits.increment()
         held.record(heldNow)
     }
 
-    func finished(_ outcome: ShareOutcome, heldNow: Int) {
+    package func finished(_ outcome: ShareOutcome, heldNow: Int) {
         switch outcome {
         case .claimed: claims.increment()
         case .expired: expiries.increment()
@@ -27,11 +28,11 @@ struct EscrowMetrics: Sendable {
         held.record(heldNow)
     }
 
-    func held(_ count: Int) {
+    package func held(_ count: Int) {
         held.record(count)
     }
 
-    func refused(_ reason: EscrowFailure) {
+    package func refused(_ reason: EscrowFailure) {
         Counter(label: "sockshare_refusals_total", dimensions: [("reason", reason.name)]).increment()
     }
 }

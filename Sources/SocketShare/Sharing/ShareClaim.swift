@@ -1,57 +1,64 @@
 import Glibc
+import SocketShareCore
 
 /// The target's side of redeeming a token: claiming from an escrow holder, or pulling with pidfd.
-enum ShareClaim {
+package enum ShareClaim {
     /// Claims an escrowed share: connect, send the claim, receive the descriptor, verify, acknowledge.
-    static func claim(
+    package static func claim(
         _ token: ShareToken, secret: ShareSecret, deadline: ContinuousClock.Instant
     ) throws(SocketShareError) -> SocketDescriptor {
         let channel = try connect(to: token)
         defer { try? channel.close() }
         FaultPoint.reached("claim.afterConnect")
-        do throws(SocketShareError) {
-            try channel.send(EscrowMessage.claim(shareID: token.shareID, secret: secret).bytes, deadline: deadline)
-            FaultPoint.reached("claim.afterRequest")
-            guard let reply = try channel.receive(maximumBytes: EscrowMessage.maximumRequestLength, deadline: deadline) else {
-                throw SocketShareError(
-                    .holderGone, operation: "claim", detail: "the holder closed the connection without answering")
-            }
-            let message: EscrowMessage
+        // Failures of the channel itself are reported as the claim's; the protocol's own are made so.
+        func io<T>(_ body: () throws(SocketShareError) -> T) throws(SocketShareError) -> T {
             do throws(SocketShareError) {
-                message = try EscrowMessage(bytes: reply.bytes)
+                return try body()
             } catch {
-                reply.closeDescriptors()
-                throw error.within("claim", code: .protocolViolation, context: "reply")
+                throw error.within("claim")
             }
-            switch message {
-            case .claimed(let id) where id == token.shareID && reply.descriptorCount == 1:
-                let descriptor = reply.takeDescriptors()[0]
-                FaultPoint.reached("claim.afterReceive")
-                do throws(SocketShareError) {
-                    try verify(descriptor, against: token)
-                } catch {
-                    try? descriptor.close()
-                    throw error
-                }
-                // Until this arrives the holder keeps its copy and would offer the share again.
-                try? channel.send(EscrowMessage.acknowledge(shareID: id).bytes, deadline: deadline)
-                return descriptor
-            case .failure(let failure, let text):
-                reply.closeDescriptors()
-                throw SocketShareError(failure.code, operation: "claim", detail: text)
-            default:
-                reply.closeDescriptors()
-                throw SocketShareError(
-                    .protocolViolation, operation: "claim",
-                    detail: "unexpected reply with \(reply.descriptorCount) descriptors")
-            }
+        }
+        try io { () throws(SocketShareError) in
+            try channel.send(EscrowMessage.claim(shareID: token.shareID, secret: secret).bytes, deadline: deadline)
+        }
+        FaultPoint.reached("claim.afterRequest")
+        guard let reply = try io({ () throws(SocketShareError) in
+            try channel.receive(maximumBytes: EscrowMessage.maximumRequestLength, deadline: deadline)
+        }) else {
+            throw SocketShareError(.holderGone, operation: "claim", detail: "the holder closed the connection without answering")
+        }
+        let message: EscrowMessage
+        do throws(SocketShareError) {
+            message = try EscrowMessage(bytes: reply.bytes)
         } catch {
-            throw error.operation == "claim" ? error : error.within("claim")
+            reply.closeDescriptors()
+            throw error.within("claim", code: .protocolViolation, context: "reply")
+        }
+        switch message {
+        case .claimed(let id) where id == token.shareID && reply.descriptorCount == 1:
+            let descriptor = reply.takeDescriptors()[0]
+            FaultPoint.reached("claim.afterReceive")
+            do throws(SocketShareError) {
+                try verify(descriptor, against: token)
+            } catch {
+                try? descriptor.close()
+                throw error
+            }
+            // Until this arrives the holder keeps its copy and would offer the share again.
+            try? channel.send(EscrowMessage.acknowledge(shareID: id).bytes, deadline: deadline)
+            return descriptor
+        case .failure(let failure, let text):
+            reply.closeDescriptors()
+            throw SocketShareError(failure.code, operation: "claim", detail: text)
+        default:
+            reply.closeDescriptors()
+            throw SocketShareError(
+                .protocolViolation, operation: "claim", detail: "unexpected reply with \(reply.descriptorCount) descriptors")
         }
     }
 
     /// Pulls a pidfd share from the source with `pidfd_getfd(2)`, verifies it and tells the holder.
-    static func pull(
+    package static func pull(
         _ token: ShareToken, descriptor number: CInt, deadline: ContinuousClock.Instant
     ) throws(SocketShareError) -> SocketDescriptor {
         let me = ProcessIdentity.current
@@ -109,7 +116,7 @@ enum ShareClaim {
     }
 
     /// Checks that a received descriptor is the socket the token describes.
-    static func verify(_ descriptor: SocketDescriptor, against token: ShareToken) throws(SocketShareError) {
+    package static func verify(_ descriptor: SocketDescriptor, against token: ShareToken) throws(SocketShareError) {
         let identity: SocketIdentity
         do throws(SocketShareError) {
             identity = try SocketIdentity(of: descriptor.rawValue)
@@ -131,22 +138,9 @@ enum ShareClaim {
     }
 
     private static func connect(to token: ShareToken) throws(SocketShareError) -> DescriptorChannel {
-        do throws(SocketShareError) {
-            return try DescriptorChannel.connect(to: token.endpoint)
-        } catch {
-            switch error.errno?.rawValue {
-            case ENOENT?, ECONNREFUSED?:
-                throw SocketShareError(
-                    .holderGone, operation: "claim", errno: error.errno,
-                    detail: "nothing serves \(token.endpoint): the \(token.mechanism) holding this share "
-                        + "(pid \(token.source.pid)) has stopped or exited, so the share is gone")
-            case EACCES?:
-                throw SocketShareError(
-                    .permissionDenied, operation: "claim", errno: error.errno,
-                    detail: "\(token.endpoint) is not reachable by this user (its directory is private to the holder's user)")
-            default:
-                throw error.within("claim", context: "connect to \(token.endpoint)")
-            }
-        }
+        try DescriptorChannel.connect(
+            to: token.endpoint, for: "claim",
+            absent: "nothing serves \(token.endpoint): the \(token.mechanism) holding this share "
+                + "(pid \(token.source.pid)) has stopped or exited, so the share is gone")
     }
 }

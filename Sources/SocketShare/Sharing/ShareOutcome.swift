@@ -1,3 +1,4 @@
+import SocketShareCore
 /// How a share ended.
 public enum ShareOutcome: Sendable, Hashable, CustomStringConvertible {
     /// The target adopted the socket.

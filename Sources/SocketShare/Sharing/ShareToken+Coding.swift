@@ -12,7 +12,7 @@ extension ShareToken {
     private static let connectedFlag: UInt8 = 2
     private static let nonBlockingFlag: UInt8 = 4
     /// The longest escrow endpoint path (`sun_path` holds 108 bytes with the NUL).
-    static let maximumEndpointLength = 107
+    package static let maximumEndpointLength = 107
 
     /// The compact binary form.
     public var bytes: [UInt8] {
@@ -51,7 +51,7 @@ extension ShareToken {
 
     /// Decodes the binary form.
     ///
-    /// - Throws: ``SocketShareError`` with code `malformed` naming the field at fault, for any input
+    /// - Throws: `SocketShareError` with code `malformed` naming the field at fault, for any input
     ///   that is not a well-formed token of a version this build reads.
     public init(bytes: [UInt8]) throws(SocketShareError) {
         var reader = ByteReader(bytes, operation: "decode token")
@@ -123,7 +123,7 @@ extension ShareToken {
 
     /// Decodes the text form. Leading and trailing white space (a line's newline) is ignored.
     ///
-    /// - Throws: ``SocketShareError`` with code `malformed` naming what is wrong.
+    /// - Throws: `SocketShareError` with code `malformed` naming what is wrong.
     public init(text: String) throws(SocketShareError) {
         let trimmed = Array(text.trimmingSpaces.utf8)
         let prefix = Array(Self.textPrefix.utf8)
@@ -153,3 +153,4 @@ extension ShareToken {
 }
 
 import Glibc
+import SocketShareCore

@@ -1,11 +1,12 @@
 import Glibc
+import SocketShareCore
 
 /// SocketShare's `WSAPROTOCOL_INFO`: everything a target needs to adopt a shared socket.
 ///
-/// A source gets a token from ``SocketShare/duplicate(_:for:options:)-(CInt,pid_t,_)`` and passes it to the target
+/// A source gets a token from `SocketShare.duplicate(_:for:options:)` and passes it to the target
 /// over any IPC: a pipe, a file, an environment variable, an HTTP header. Its text form
-/// (``text``) is one line of URL-safe characters starting with `sks1.`; its binary form
-/// (``bytes``) is compact. The target redeems it with ``SocketShare/adopt(_:timeout:)``.
+/// (`text`) is one line of URL-safe characters starting with `sks1.`; its binary form
+/// (`bytes`) is compact. The target redeems it with `SocketShare.adopt(_:timeout:)`.
 ///
 /// A token describes the socket (family, type, protocol, state, inode), names the source and the
 /// target process by pid and start time, says when it expires, and says how to redeem it. The
@@ -85,28 +86,4 @@ public struct ShareToken: Hashable, Sendable {
 
     /// Whether the token's expiry time has passed by the wall clock.
     public var isExpired: Bool { ShareTime.nowMilliseconds >= expiresAtMilliseconds }
-}
-
-/// Wall-clock time as tokens carry it: milliseconds since the Unix epoch.
-public enum ShareTime {
-    /// Milliseconds since the Unix epoch now (`CLOCK_REALTIME`).
-    public static var nowMilliseconds: UInt64 {
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
-        return UInt64(now.tv_sec) * 1000 + UInt64(now.tv_nsec) / 1_000_000
-    }
-
-    /// The ISO 8601 form in UTC: `2026-11-25T20:30:00.123Z`.
-    public static func iso8601(milliseconds: UInt64) -> String {
-        var seconds = time_t(milliseconds / 1000)
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        func pad(_ value: Int32, _ width: Int) -> String {
-            let text = String(value)
-            return String(repeating: "0", count: max(0, width - text.count)) + text
-        }
-        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))"
-            + "T\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2))"
-            + ".\(pad(Int32(milliseconds % 1000), 3))Z"
-    }
 }

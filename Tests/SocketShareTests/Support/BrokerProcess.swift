@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// A `sockshare broker` running in its own process, for the tests, with its log in a file.
 final class BrokerProcess {

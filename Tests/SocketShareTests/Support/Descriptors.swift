@@ -1,5 +1,7 @@
 import Glibc
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// This process's open descriptors, from /proc/self/fd, leaving out libdispatch's own (an epoll, an
 /// eventfd and timerfds it opens lazily whenever it first needs them; SocketShare never makes those).

@@ -1,6 +1,8 @@
 import Glibc
 import Synchronization
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// A bounded closed-loop HTTP client for the serve tests: each thread opens a connection, sends one
 /// request (`Connection: close`), reads the answer, and starts over, until `count` connections have

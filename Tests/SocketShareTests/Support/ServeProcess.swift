@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 @testable import SocketShare
+@testable import SocketShareCore
+@testable import SocketShareServer
 
 /// A `sockshare serve` in its own process, for the tests.
 final class ServeProcess {

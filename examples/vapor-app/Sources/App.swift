@@ -2,7 +2,7 @@
 //
 // An ordinary Vapor app — `Application.make`, routes, `execute()` — plus one line: when the process
 // was started by `sockshare serve` (or systemd socket activation), `app.servers.use` swaps Vapor's
-// HTTP server for one that serves the connections it is given (SocketShareServer.swift):
+// HTTP server for one that serves the connections it is given (HandoffVaporServer.swift):
 //   - handoff ($SOCKSHARE_WORKER_FD): every connection `sockshare serve` accepted and handed over;
 //   - shared (LISTEN_FDS/LISTEN_PID): connections accepted on the listeners every worker shares.
 // Started any other way, it is plain Vapor: `vapor-app serve --hostname 127.0.0.1 --port 8080`.
@@ -20,7 +20,7 @@ enum Entrypoint {
         routes(app, mode: source.map { "\($0)" } ?? "alone")
         if let source {
             // One server: Vapor asks for `app.server` again to shut it down.
-            let server = SocketShareServer(application: app, source: source)
+            let server = HandoffVaporServer(application: app, source: source)
             app.servers.use { _ in server }
         }
         do {

@@ -1,0 +1,251 @@
+/// The messages of the escrow protocol, spoken between clients and an escrow holder (the in-process
+/// sharer or the broker daemon) over a `SOCK_SEQPACKET` Unix socket.
+///
+/// Every message is one packet: `u8 version | u8 type | body`, big-endian. A holder answers a
+/// message of a version it does not speak with a ``EscrowFailure/unsupportedVersion`` failure
+/// naming the version it does speak, never with silence. `docs/PROTOCOL.md` is the reference for
+/// other languages.
+package enum EscrowMessage: Equatable, Sendable {
+    /// Client → holder: claim share `shareID`, proving the secret. Answered by ``claimed(shareID:)``
+    /// with the descriptor attached, or ``failure(_:_:)``.
+    case claim(shareID: UInt64, secret: ShareSecret)
+    /// Client → holder: the descriptor arrived; the holder may close its copy. Without it the holder
+    /// keeps the share and offers it again if the claimant goes away.
+    case acknowledge(shareID: UInt64)
+    /// Client → broker, with one descriptor: hold it for `targetPID` (whose start time must be
+    /// `targetStartTime` when that is not 0) for `timeToLiveMilliseconds`. Answered by ``deposited(token:)``.
+    case deposit(targetPID: UInt32, targetStartTime: UInt64, timeToLiveMilliseconds: UInt32)
+    /// Client → broker: end share `shareID` now (its depositor's uid, or root, only).
+    case revoke(shareID: UInt64)
+    /// Client → broker: list the shares the asker may see, those with ids above `after`.
+    case list(after: UInt64)
+    /// Client → broker: the broker's metrics, as Prometheus text.
+    case metrics
+    /// New broker → running broker: hand over everything you hold (the broker's uid, or root, only).
+    case takeover
+    /// New broker → old broker: all state arrived; you may exit.
+    case takeoverDone
+
+    /// Holder → client: here is the socket (one `SCM_RIGHTS` descriptor).
+    case claimed(shareID: UInt64)
+    /// Broker → client: the share is held; here is its token (binary form).
+    case deposited(token: [UInt8])
+    /// Broker → client: the share is revoked and its duplicate closed.
+    case revoked(shareID: UInt64)
+    /// Broker → client: some shares; `more` says whether to ask again after the last id.
+    case listing(more: Bool, shares: [HeldShare])
+    /// Broker → client: Prometheus text.
+    case metricsText(String)
+    /// Old broker → new broker: the listening socket (one descriptor attached) and how many shares follow.
+    case takeoverListener(shareCount: UInt32)
+    /// Old broker → new broker: shares, each with its descriptor attached in the same order.
+    case takeoverShares([ShareRecord])
+    /// Holder → client: the request failed.
+    case failure(EscrowFailure, String)
+
+    /// The protocol version this build speaks.
+    package static let version: UInt8 = 1
+    /// The longest request a holder accepts.
+    package static let maximumRequestLength = 4096
+    /// The longest reply a client must be ready for (listings, metrics, takeover batches).
+    package static let maximumReplyLength = 65536
+    /// The most shares in one listing packet.
+    package static let listingPageSize = 200
+
+    package enum TypeCode: UInt8 {
+        case claim = 0x01
+        case acknowledge = 0x02
+        case deposit = 0x03
+        case revoke = 0x04
+        case list = 0x05
+        case metrics = 0x06
+        case takeover = 0x07
+        case takeoverDone = 0x08
+        case claimed = 0x81
+        case deposited = 0x83
+        case revoked = 0x84
+        case listing = 0x85
+        case metricsText = 0x86
+        case takeoverListener = 0x87
+        case takeoverShares = 0x88
+        case failure = 0xFF
+    }
+
+    /// Whether this message is a request (sent to a holder) rather than a reply.
+    package var isRequest: Bool {
+        switch self {
+        case .claim, .acknowledge, .deposit, .revoke, .list, .metrics, .takeover, .takeoverDone: true
+        default: false
+        }
+    }
+
+    /// The message's wire form.
+    package var bytes: [UInt8] {
+        var writer = ByteWriter()
+        writer.write(Self.version)
+        switch self {
+        case .claim(let shareID, let secret):
+            writer.write(TypeCode.claim.rawValue)
+            writer.write(shareID)
+            writer.write(secret.bytes)
+        case .acknowledge(let shareID):
+            writer.write(TypeCode.acknowledge.rawValue)
+            writer.write(shareID)
+        case .deposit(let pid, let start, let ttl):
+            writer.write(TypeCode.deposit.rawValue)
+            writer.write(pid)
+            writer.write(start)
+            writer.write(ttl)
+        case .revoke(let shareID):
+            writer.write(TypeCode.revoke.rawValue)
+            writer.write(shareID)
+        case .list(let after):
+            writer.write(TypeCode.list.rawValue)
+            writer.write(after)
+        case .metrics:
+            writer.write(TypeCode.metrics.rawValue)
+        case .takeover:
+            writer.write(TypeCode.takeover.rawValue)
+        case .takeoverDone:
+            writer.write(TypeCode.takeoverDone.rawValue)
+        case .claimed(let shareID):
+            writer.write(TypeCode.claimed.rawValue)
+            writer.write(shareID)
+        case .deposited(let token):
+            writer.write(TypeCode.deposited.rawValue)
+            writer.write(token)
+        case .revoked(let shareID):
+            writer.write(TypeCode.revoked.rawValue)
+            writer.write(shareID)
+        case .listing(let more, let shares):
+            writer.write(TypeCode.listing.rawValue)
+            writer.write(UInt8(more ? 1 : 0))
+            writer.write(UInt16(shares.count))
+            for share in shares { share.write(to: &writer) }
+        case .metricsText(let text):
+            writer.write(TypeCode.metricsText.rawValue)
+            writer.write(Array(text.utf8).prefix(Self.maximumReplyLength - 2))
+        case .takeoverListener(let count):
+            writer.write(TypeCode.takeoverListener.rawValue)
+            writer.write(count)
+        case .takeoverShares(let shares):
+            writer.write(TypeCode.takeoverShares.rawValue)
+            writer.write(UInt16(shares.count))
+            for share in shares { share.write(to: &writer) }
+        case .failure(let code, let text):
+            writer.write(TypeCode.failure.rawValue)
+            writer.write(code.rawValue)
+            writer.write(Array(text.utf8).prefix(1024))
+        }
+        return writer.bytes
+    }
+
+    /// Decodes one packet.
+    ///
+    /// - Throws: ``SocketShareError``: code `malformed` naming the field at fault; code
+    ///   `protocolViolation` with cause ``SocketShareError/Cause/unsupportedVersion`` when the version
+    ///   is not ours, or ``SocketShareError/Cause/unknownMessageType`` when the type is unknown.
+    package init(bytes: [UInt8]) throws(SocketShareError) {
+        var reader = ByteReader(bytes, operation: "decode message")
+        let version: UInt8 = try reader.read(field: "version")
+        guard version == Self.version else {
+            throw SocketShareError(
+                .protocolViolation, operation: "decode message",
+                detail: "protocol version \(version) is not supported (this side speaks version \(Self.version))",
+                cause: .unsupportedVersion)
+        }
+        let code: UInt8 = try reader.read(field: "type")
+        guard let type = TypeCode(rawValue: code) else {
+            throw SocketShareError(
+                .protocolViolation, operation: "decode message", detail: "field type: \(code) is not a message type",
+                cause: .unknownMessageType)
+        }
+        switch type {
+        case .claim:
+            let shareID: UInt64 = try reader.read(field: "shareID")
+            self = .claim(shareID: shareID, secret: ShareSecret(bytes: try reader.readBytes(ShareSecret.byteCount, field: "secret"))!)
+        case .acknowledge:
+            self = .acknowledge(shareID: try reader.read(field: "shareID"))
+        case .deposit:
+            self = .deposit(
+                targetPID: try reader.read(field: "targetPid"), targetStartTime: try reader.read(field: "targetStartTime"),
+                timeToLiveMilliseconds: try reader.read(field: "ttlMilliseconds"))
+        case .revoke:
+            self = .revoke(shareID: try reader.read(field: "shareID"))
+        case .list:
+            self = .list(after: try reader.read(field: "after"))
+        case .metrics:
+            self = .metrics
+        case .takeover:
+            self = .takeover
+        case .takeoverDone:
+            self = .takeoverDone
+        case .claimed:
+            self = .claimed(shareID: try reader.read(field: "shareID"))
+        case .deposited:
+            self = .deposited(token: reader.readRest())
+        case .revoked:
+            self = .revoked(shareID: try reader.read(field: "shareID"))
+        case .listing:
+            let more: UInt8 = try reader.read(field: "more")
+            let count = Int(try reader.read(UInt16.self, field: "count"))
+            var shares: [HeldShare] = []
+            for _ in 0..<count { shares.append(try HeldShare(from: &reader)) }
+            self = .listing(more: more != 0, shares: shares)
+        case .metricsText:
+            self = .metricsText(String(decoding: reader.readRest(), as: UTF8.self))
+        case .takeoverListener:
+            self = .takeoverListener(shareCount: try reader.read(field: "shareCount"))
+        case .takeoverShares:
+            let count = Int(try reader.read(UInt16.self, field: "count"))
+            guard count <= DescriptorChannel.maximumDescriptorsPerMessage else {
+                throw reader.invalid("count", "\(count) shares in one message; at most 252")
+            }
+            var shares: [ShareRecord] = []
+            for _ in 0..<count { shares.append(try ShareRecord(from: &reader)) }
+            self = .takeoverShares(shares)
+        case .failure:
+            let raw: UInt16 = try reader.read(field: "code")
+            self = .failure(EscrowFailure(rawValue: raw) ?? .internalError, String(decoding: reader.readRest(), as: UTF8.self))
+        }
+        try reader.expectEnd("the \(type) message")
+    }
+}
+
+/// Why an escrow holder refused a request; sent as a `u16` in ``EscrowMessage/failure(_:_:)``.
+package enum EscrowFailure: UInt16, Sendable, CaseIterable {
+    case malformed = 1
+    case unsupportedVersion = 2
+    case unknownMessage = 3
+    case notFound = 4
+    case wrongProcess = 5
+    case wrongStartTime = 6
+    case wrongUser = 7
+    case expired = 8
+    case alreadyClaimed = 9
+    case revoked = 10
+    case limitReached = 11
+    case internalError = 12
+    case permissionDenied = 13
+    case claimInProgress = 14
+    case targetGone = 15
+
+    /// The error code a client reports for this refusal.
+    package var code: SocketShareError.Code {
+        switch self {
+        case .malformed, .unsupportedVersion, .unknownMessage: .protocolViolation
+        case .notFound: .notFound
+        case .wrongProcess, .wrongStartTime, .wrongUser, .claimInProgress: .refused
+        case .expired: .expired
+        case .alreadyClaimed: .alreadyClaimed
+        case .revoked: .revoked
+        case .limitReached: .limitReached
+        case .internalError: .system
+        case .permissionDenied: .permissionDenied
+        case .targetGone: .invalidArgument
+        }
+    }
+
+    /// The name used in logs and metrics (`wrongProcess`, …).
+    package var name: String { "\(self)" }
+}

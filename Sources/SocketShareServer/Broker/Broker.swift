@@ -1,0 +1,171 @@
+import Glibc
+import Logging
+import ServiceLifecycle
+import SocketShare
+import SocketShareCore
+
+/// The broker daemon: an escrow holder in its own process, so that a source may close its socket,
+/// or exit, right after sharing it (Windows' `DuplicateAndClose`), and so that shares outlive
+/// their sources.
+///
+/// Sources deposit a descriptor for a target pid and get a token; targets claim with it, exactly as
+/// from the in-process sharer (`docs/PROTOCOL.md`). The broker adds what no in-process holder can:
+/// expiry and quotas across processes, a listing of held shares, metrics, and restart without loss
+/// (``takingOver(configuration:logger:)``).
+///
+/// A `Service`: run it in a `ServiceGroup`, which stops it on graceful shutdown (every held share
+/// is then closed and logged); cancelling ``run()`` stops it too.
+///
+/// ```swift
+/// let broker = try Broker(configuration: .init(), logger: logger)
+/// let group = ServiceGroup(services: [broker], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+/// try await group.run()
+/// ```
+public final class Broker: Service, @unchecked Sendable {
+    /// How a broker runs.
+    public struct Configuration: Sendable {
+        /// The broker's socket. Its directory must be private to this user (`0700`), or with
+        /// ``group``, enterable by that group only (`0710`).
+        public var socketPath: String
+        /// The most shares held at once; deposits beyond are refused.
+        public var maximumShares: Int
+        /// The most shares one depositor uid may hold at once; nil for no limit.
+        public var maximumSharesPerUser: Int?
+        /// The longest time to live a deposit may ask for.
+        public var maximumTimeToLive: Duration
+        /// A group whose members may reach the broker, for sharing across users; nil keeps it private.
+        public var group: gid_t?
+        /// How long a client connection may stay silent before it is dropped.
+        public var idleTimeout: Duration
+        /// Renders metrics for `sockshare status --metrics`; nil answers with an empty text.
+        public var metricsText: (@Sendable () -> String)?
+
+        /// Creates a configuration; every value has a default.
+        public init(
+            socketPath: String = BrokerClient.defaultSocketPath, maximumShares: Int = 100_000,
+            maximumSharesPerUser: Int? = nil, maximumTimeToLive: Duration = .seconds(86_400), group: gid_t? = nil,
+            idleTimeout: Duration = .seconds(10), metricsText: (@Sendable () -> String)? = nil
+        ) {
+            self.idleTimeout = idleTimeout
+            self.socketPath = socketPath
+            self.maximumShares = maximumShares
+            self.maximumSharesPerUser = maximumSharesPerUser
+            self.maximumTimeToLive = maximumTimeToLive
+            self.group = group
+            self.metricsText = metricsText
+        }
+    }
+
+    package let configuration: Configuration
+    package let holder: EscrowHolder
+    private let stopped = StopSignal()
+
+    // Touched on the holder's reactor thread only.
+    /// A successor broker that asked for everything; serving winds down until it is handed over.
+    var successor: EscrowHolder.Connection?
+    /// When the hand-over goes ahead even with claims still unacknowledged.
+    var handoverDeadline: ContinuousClock.Instant?
+    var handoverTimer: Reactor.Timer?
+
+    var logger: Logger { holder.logger }
+
+    /// Prepares the socket's directory, checks no broker already serves there, and binds.
+    /// Nothing is served until ``run()``.
+    ///
+    /// - Throws: ``SocketShareError``: `permissionDenied` when the directory is not private (or not
+    ///   of the group); `invalidArgument` when a broker already answers at the path, or something
+    ///   other than a socket is there.
+    public convenience init(configuration: Configuration, logger: Logger) throws(SocketShareError) {
+        let settings = try Self.prepare(configuration, logger: logger)
+        if let existing = try Kernel.linkStatus(configuration.socketPath) {
+            guard existing.st_mode & S_IFMT == S_IFSOCK else {
+                throw SocketShareError(
+                    .invalidArgument, operation: "start broker", detail: "\(configuration.socketPath) exists and is not a socket")
+            }
+            if let probe = try? DescriptorChannel.connect(to: configuration.socketPath) {
+                try? probe.close()
+                throw SocketShareError(
+                    .invalidArgument, operation: "start broker",
+                    detail: "a broker already serves \(configuration.socketPath); stop it, or have its successor take over")
+            }
+            logger.info("removing a stale socket left by a broker that died", metadata: ["path": "\(configuration.socketPath)"])
+            Kernel.unlink(configuration.socketPath)
+        }
+        let holder = try EscrowHolder(configuration: settings)
+        do throws(SocketShareError) {
+            try Self.openToGroup(configuration)
+        } catch {
+            holder.stop()
+            throw error
+        }
+        self.init(configuration: configuration, holder: holder)
+    }
+
+    init(configuration: Configuration, holder: EscrowHolder) {
+        self.configuration = configuration
+        self.holder = holder
+        holder.service = self
+    }
+
+    /// Serves until graceful shutdown, cancellation or ``stop()``, or until a successor has taken
+    /// everything over. On a plain stop, every held share is closed (and logged); after a
+    /// takeover, the successor has them.
+    ///
+    /// - Throws: ``SocketShareError`` when the broker's thread cannot start.
+    public func run() async throws {
+        try holder.start()
+        holder.whenStopped { [stopped] in stopped.signal() }
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                await stopped.wait()
+            } onGracefulShutdown: { [self] in
+                stop()
+            }
+        } onCancel: { [self] in
+            stop()
+        }
+        holder.stop()
+    }
+
+    /// Stops serving now; ``run()`` returns. Idempotent.
+    public func stop() {
+        holder.stop()
+        stopped.signal()
+    }
+
+    /// The shares held now.
+    public var heldShareCount: Int { holder.heldCount }
+
+    static func prepare(_ configuration: Configuration, logger: Logger) throws(SocketShareError) -> EscrowHolder.Configuration {
+        let path = configuration.socketPath
+        guard path.hasPrefix("/"), let slash = path.lastIndex(of: "/") else {
+            throw SocketShareError(.invalidArgument, operation: "start broker", detail: "socket path \(path): not an absolute path")
+        }
+        let directory = slash == path.startIndex ? "/" : String(path[..<slash])
+        _ = try RuntimeDirectory(preparing: directory, group: configuration.group)
+        raiseDescriptorLimit(logger: logger)
+        var settings = EscrowHolder.Configuration(endpoint: path, mechanism: .broker, lingerWhenIdle: nil, logger: logger)
+        settings.limits.maximumShares = configuration.maximumShares
+        settings.limits.maximumSharesPerUser = configuration.maximumSharesPerUser
+        settings.requestTimeout = configuration.idleTimeout
+        return settings
+    }
+
+    /// With a group, lets its members connect (the socket file needs write permission for them).
+    private static func openToGroup(_ configuration: Configuration) throws(SocketShareError) {
+        guard let group = configuration.group else { return }
+        guard chown(configuration.socketPath, geteuid(), group) == 0, chmod(configuration.socketPath, 0o660) == 0 else {
+            throw SocketShareError.system("chmod", errno: Glibc.errno, detail: "\(configuration.socketPath) for group \(group)")
+        }
+    }
+
+    /// Every held share is a descriptor: lift the soft limit to the hard one.
+    private static func raiseDescriptorLimit(logger: Logger) {
+        var limit = rlimit()
+        guard getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+        limit.rlim_cur = limit.rlim_max
+        if setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit) == 0 {
+            logger.debug("raised the descriptor limit", metadata: ["limit": "\(limit.rlim_cur)"])
+        }
+    }
+}

@@ -1,0 +1,79 @@
+/// Talks to a running `sockshare serve` over its control socket (`docs/SERVE.md`).
+import Glibc
+import SocketShare
+import SocketShareCore
+
+public struct SupervisorClient: Sendable {
+    /// The control socket's path.
+    public var controlPath: String
+    /// How long to wait for an answer.
+    public var timeout: Duration
+
+    /// A client of the supervisor whose control socket is `controlPath`.
+    public init(controlPath: String, timeout: Duration = .seconds(10)) {
+        self.controlPath = controlPath
+        self.timeout = timeout
+    }
+
+    /// The supervisor's listeners, workers and counters.
+    public func status() throws(SocketShareError) -> ServeStatus {
+        try ServeStatus(json: try request("status"))
+    }
+
+    /// Starts a new generation of workers and returns once it serves, or once it has been rolled
+    /// back (then it throws, with the reason).
+    ///
+    /// - Parameter deadline: How long the new generation has to become ready; nil: the supervisor's default.
+    public func reload(deadline: Duration? = nil) throws(SocketShareError) -> ControlAnswer {
+        try conclude("reload", deadline: deadline)
+    }
+
+    /// Hands the supervisor over to `binary` (nil: the binary it runs) and returns once the new
+    /// supervisor serves, or once the attempt has been rolled back (then it throws).
+    public func upgrade(binary: String? = nil, deadline: Duration? = nil) throws(SocketShareError) -> ControlAnswer {
+        try conclude("upgrade", deadline: deadline, argument: binary)
+    }
+
+    private func conclude(_ command: String, deadline: Duration?, argument: String? = nil) throws(SocketShareError) -> ControlAnswer {
+        var text = command
+        let seconds = deadline.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
+        if let seconds { text += " \(seconds)" } else if argument != nil { text += " 0" }
+        if let argument { text += " \(argument)" }
+        let answer = try ControlAnswer(json: try request(text, timeout: (deadline ?? .seconds(300)) + .seconds(30)))
+        guard answer.ok else { throw SocketShareError(.refused, operation: command, detail: answer.reason) }
+        return answer
+    }
+
+    /// The control socket of the one `sockshare serve` running in the standard runtime directory.
+    ///
+    /// - Throws: ``SocketShareError`` with code `notFound` when there is none, or several.
+    public static func discover() throws(SocketShareError) -> String {
+        let directory = RuntimeDirectory.standardPath
+        let live = Kernel.directoryEntries(directory).filter { name in
+            guard name.hasPrefix("serve-"), name.hasSuffix(".sock"), let pid = pid_t(name.dropFirst(6).dropLast(5)) else { return false }
+            return Kernel.processExists(pid)
+        }
+        guard live.count == 1 else {
+            throw SocketShareError(
+                .notFound, operation: "find sockshare serve",
+                detail: live.isEmpty
+                    ? "no sockshare serve runs with its control socket in \(directory); name one with --control PATH"
+                    : "\(live.count) sockshare serve run (\(live.joined(separator: ", "))); name one with --control PATH")
+        }
+        return directory + "/" + live[0]
+    }
+
+    /// Sends one text command and returns the raw answer.
+    package func request(_ command: String, timeout: Duration? = nil) throws(SocketShareError) -> [UInt8] {
+        let deadline = ContinuousClock.now + (timeout ?? self.timeout)
+        let channel = try DescriptorChannel.connect(
+            to: controlPath, for: command, absent: "no sockshare serve answers at \(controlPath)")
+        defer { try? channel.close() }
+        try channel.send(Array(command.utf8), deadline: deadline)
+        guard let reply = try channel.receive(maximumBytes: 1 << 20, deadline: deadline) else {
+            throw SocketShareError(.holderGone, operation: command, detail: "the supervisor closed the connection without answering")
+        }
+        reply.closeDescriptors()
+        return reply.bytes
+    }
+}
