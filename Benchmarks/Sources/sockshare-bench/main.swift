@@ -151,7 +151,7 @@ func runCycles(_ arguments: Arguments) throws {
             while ContinuousClock.now < settleBy {
                 usleep(5000)
                 let again = (footprint(getpid()), footprint(target.pid))
-                if SocketShare.heldShareCount == 0, again.0 == ours, again.1 == theirs { break }
+                if Sharer.default.heldShareCount == 0, again.0 == ours, again.1 == theirs { break }
                 (ours, theirs) = again
             }
             if cycle > 0 { descriptorSamples.append([ours.descriptors, theirs.descriptors]) }
@@ -338,7 +338,7 @@ func pidfdHolder(_ arguments: Arguments) throws {
     try out.sendAll(Array(lines.utf8))
     _ = try out.waitUntilReadable(deadline: .now + .seconds(600))
     _ = out.release()
-    SocketShare.stopSharing()
+    Sharer.default.stop()
 }
 
 /// The load client's tally.
