@@ -3,8 +3,10 @@ import Glibc
 import Logging
 import SocketShare
 import SocketShareServer
+import ServiceLifecycle
+import UnixSignals
 
-struct Serve: ParsableCommand {
+struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run worker processes on shared listeners, or hand them each accepted connection.",
         discussion: """
@@ -85,13 +87,16 @@ struct Serve: ParsableCommand {
         guard reloadDeadline.isFinite, reloadDeadline > 0 else { throw ValidationError("--reload-deadline \(reloadDeadline): expected seconds > 0") }
         guard workers > 0, workers <= 1024 else { throw ValidationError("--workers \(workers): expected 1 to 1024") }
         guard Supervisor.Mode(rawValue: mode) != nil else { throw ValidationError("--mode \(mode): expected shared or handoff") }
-        guard Dispatcher.Policy(rawValue: policy) != nil else { throw ValidationError("--policy \(policy): expected rr or least") }
+        guard Supervisor.Policy(rawValue: policy) != nil else { throw ValidationError("--policy \(policy): expected rr or least") }
         guard drainTimeout.isFinite, drainTimeout > 0 else { throw ValidationError("--drain-timeout \(drainTimeout): expected seconds > 0") }
         guard stallTimeout.isFinite, stallTimeout > 0 else { throw ValidationError("--stall-timeout \(stallTimeout): expected seconds > 0") }
         guard maxInFlight > 0 else { throw ValidationError("--max-in-flight \(maxInFlight): expected a number > 0") }
         guard backlog > 0 else { throw ValidationError("--backlog \(backlog): expected a number > 0") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel): unknown level") }
         guard !command.isEmpty else { throw ValidationError("missing COMMAND: write the worker program after --") }
+        if listen.isEmpty && getenv("LISTEN_FDS") == nil {
+            throw ValidationError("no --listen address, and no LISTEN_FDS from a service manager")
+        }
         for (index, text) in listen.enumerated() {
             do {
                 _ = try ListenerSpecification(parsing: text, index: index)
@@ -101,7 +106,7 @@ struct Serve: ParsableCommand {
         }
     }
 
-    func run() throws {
+    func run() async throws {
         signal(SIGPIPE, SIG_IGN)
         let level = Logger.Level(rawValue: logLevel)!
         LoggingSystem.bootstrap { label in
@@ -110,26 +115,48 @@ struct Serve: ParsableCommand {
             return handler
         }
         let logger = Logger(label: "sockshare.serve")
-        if let successorOf {
-            try Terminal.run { () throws(SocketShareError) in
-                try Supervisor.succeeding(channelDescriptor: successorOf, logger: logger).run()
+        // What an upgrade starts the new binary with: it finds its predecessor's channel at fd 3.
+        let successorArguments = ["serve", "--successor-of", "3", "--log-level", logLevel]
+        let supervisor = try Terminal.run { () throws(SocketShareError) -> Supervisor in
+            if let successorOf {
+                return try Supervisor.succeeding(
+                    channelDescriptor: successorOf, successorArguments: successorArguments, logger: logger)
             }
-            return
-        }
-        try Terminal.run { () throws(SocketShareError) in
             let specifications = try listen.enumerated().map { (index, text) throws(SocketShareError) in
                 try ListenerSpecification(parsing: text, index: index)
             }
-            let supervisor = try Supervisor(
+            return try Supervisor(
                 configuration: Supervisor.Configuration(
                     listeners: specifications, workers: workers, mode: Supervisor.Mode(rawValue: mode)!,
-                    policy: Dispatcher.Policy(rawValue: policy)!, command: command, controlPath: control,
+                    policy: Supervisor.Policy(rawValue: policy)!, command: command, controlPath: control,
                     drainTimeout: .milliseconds(Int64(drainTimeout * 1000)),
                     stallTimeout: .milliseconds(Int64(stallTimeout * 1000)), maximumInFlightPerWorker: maxInFlight,
                     backlog: backlog, readiness: Supervisor.Readiness(rawValue: readiness)!,
                     reloadDeadline: .milliseconds(Int64(reloadDeadline * 1000))),
-                logger: logger)
-            try supervisor.run()
+                successorArguments: successorArguments, logger: logger)
+        }
+        // SIGTERM and SIGINT drain (graceful shutdown); SIGHUP reloads; SIGUSR2 upgrades. The
+        // supervisor returns by itself after an upgrade: the group ends then too.
+        let controls = await UnixSignalsSequence(trapping: .sighup, .sigusr2)
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: [.init(service: supervisor, successTerminationBehavior: .gracefullyShutdownGroup)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        let relay = Task {
+            for await signal in controls {
+                if signal == .sighup {
+                    logger.notice("SIGHUP: reloading")
+                    supervisor.reload()
+                } else {
+                    logger.notice("SIGUSR2: upgrading")
+                    supervisor.upgrade()
+                }
+            }
+        }
+        defer { relay.cancel() }
+        do {
+            try await group.run()
+        } catch {
+            throw Terminal.fail(SocketShareError(.system, operation: "serve", detail: "\(error)"))
         }
     }
 }

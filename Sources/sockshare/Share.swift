@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import SocketShare
 import SocketShareServer
+import UnixSignals
 
 struct Share: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -69,15 +70,17 @@ struct Share: AsyncParsableCommand {
         // Signals are caught before the token is printed, so whoever reads it may signal at once:
         // a signal revokes the share, which ends the wait below with `.revoked`.
         let shared = Locked<(token: ShareToken?, signal: CInt)>((nil, 0))
-        try Terminal.run { () throws(SocketShareError) in
-            try SignalPipe.handle([SIGINT, SIGTERM, SIGHUP]) { number in
+        let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm, .sighup)
+        let watcher = Task {
+            for await signal in signals {
                 let token = shared.withLock { state -> ShareToken? in
-                    state.signal = number
+                    state.signal = signal.rawValue
                     return state.token
                 }
                 if let token { SocketShare.revoke(token) }
             }
         }
+        defer { watcher.cancel() }
         let token = try Terminal.run { () throws(SocketShareError) in
             try checkArguments()
             do throws(SocketShareError) {

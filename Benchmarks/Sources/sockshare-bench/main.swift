@@ -341,6 +341,9 @@ func pidfdHolder(_ arguments: Arguments) throws {
     Sharer.default.stop()
 }
 
+/// Set by SIGINT or SIGTERM: the load client stops early (an async-signal-safe store).
+let loadInterrupted = Atomic<Bool>(false)
+
 /// The load client's tally.
 final class Tally: @unchecked Sendable {
     let lock = Locked<[String: Int]>([:])
@@ -356,14 +359,15 @@ func runLoad(_ arguments: Arguments) throws {
     let tally = Tally()
     let count = arguments.countGiven ? arguments.count : Int.max
     let end = ContinuousClock.now + .milliseconds(Int64(arguments.seconds * 1000))
-    let interrupted = Atomic<Bool>(false)
-    try SignalPipe.handle([SIGINT, SIGTERM]) { _ in interrupted.store(true, ordering: .relaxed) }
+
+    signal(SIGINT) { _ in loadInterrupted.store(true, ordering: .relaxed) }
+    signal(SIGTERM) { _ in loadInterrupted.store(true, ordering: .relaxed) }
     let started = Atomic<Int>(0)
     let request = Array("GET / HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n".utf8)
     let finished = Atomic<Int>(0)
     for _ in 0..<arguments.threads {
         DetachedLoop.start {
-            while ContinuousClock.now < end, !interrupted.load(ordering: .relaxed), started.add(1, ordering: .relaxed).newValue <= count {
+            while ContinuousClock.now < end, !loadInterrupted.load(ordering: .relaxed), started.add(1, ordering: .relaxed).newValue <= count {
                 tally.add("attempted")
                 tally.add(LoadRequest.outcome(of: request, to: address))
             }

@@ -139,8 +139,19 @@ public final class ChildProcess: Sendable {
 
     /// The child's pid. It stays reserved for the child until ``wait(deadline:)`` reaps it.
     public let pid: pid_t
+    /// A pidfd of the child, which polls readable once it has exited: what a wait with a deadline
+    /// waits on. Nil where `pidfd_open` is refused; such a wait then polls `waitpid` every 2 ms.
+    private let pidfd: CInt?
 
-    package init(pid: pid_t) { self.pid = pid }
+    /// Wraps the child `pid`; opens a pidfd for it (a child's pid cannot be reused before it is reaped).
+    package init(pid: pid_t) {
+        self.pid = pid
+        pidfd = try? Kernel.openProcess(pid)
+    }
+
+    deinit {
+        if let pidfd { try? Kernel.close(pidfd) }
+    }
 
     /// Sends a signal (`kill(2)`).
     public func signal(_ number: CInt) throws(SocketShareError) {
@@ -162,8 +173,14 @@ public final class ChildProcess: Sendable {
                 throw SocketShareError.system("waitpid", errno: Glibc.errno, detail: "pid \(pid)")
             }
             guard let deadline, ContinuousClock.now < deadline else { return nil }
-            var pause = timespec(tv_sec: 0, tv_nsec: 2_000_000)
-            nanosleep(&pause, nil)
+            if let pidfd {
+                // Readable once the child has exited; then waitpid reaps it without blocking.
+                var fds = [pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)]
+                _ = try Kernel.poll(&fds, deadline: deadline)
+            } else {
+                var pause = timespec(tv_sec: 0, tv_nsec: 2_000_000)
+                nanosleep(&pause, nil)
+            }
         }
     }
 }

@@ -78,6 +78,8 @@ extension Dispatcher {
         private var frozen = false
         private var stopDeadline: ContinuousClock.Instant?
         private var onStopped: (() -> Void)?
+        /// Called once nothing is waiting and every connection sent is acknowledged.
+        private var onSettled: [@Sendable () -> Void] = []
         private var listenerWatches: [Reactor.Watch] = []
         /// Whether the listeners are watched for readability (there is room for their connections).
         private var listening = false
@@ -163,6 +165,19 @@ extension Dispatcher {
                 }
             }
             updateListening()
+        }
+
+        /// Calls `settled` once nothing waits and every connection sent is acknowledged (at once if so).
+        package func whenSettled(_ settled: @escaping @Sendable () -> Void) {
+            onSettled.append(settled)
+            reportSettled()
+        }
+
+        private func reportSettled() {
+            guard !onSettled.isEmpty, isSettled else { return }
+            let settled = onSettled
+            onSettled.removeAll()
+            for callback in settled { callback() }
         }
 
         /// Accepts what waits in the backlogs, hands it out, and calls `done` once every connection
@@ -330,6 +345,7 @@ extension Dispatcher {
                 dispatchWaiting()
                 updateListening()
                 finishStopping(force: false)
+                reportSettled()
             }
             while true {
                 let message: ChannelMessage
@@ -421,6 +437,7 @@ extension Dispatcher {
             dispatchWaiting()
             updateListening()
             finishStopping(force: false)
+            reportSettled()
         }
 
         /// Checks the worker at its oldest connection's stall deadline; a worker that left one

@@ -20,49 +20,45 @@ import SocketShareCore
 ///
 /// It runs on a reactor of its own (one thread, one `epoll`): listeners, worker channels and
 /// worker pidfds are watched there, and every method below hands its work to that thread.
-public final class Dispatcher: Sendable {
+package final class Dispatcher: Sendable {
     /// How the next connection's worker is chosen.
-    public enum Policy: String, Sendable, CaseIterable, Codable {
-        /// Each worker in turn (skipping full ones).
-        case roundRobin = "rr"
-        /// The worker with the fewest connections in flight.
-        case leastLoaded = "least"
-    }
+    /// How a worker is picked: ``Supervisor/Policy``.
+    package typealias Policy = Supervisor.Policy
 
     /// A listening socket and its name (the name travels with each connection to the worker).
-    public struct Listener: Sendable {
+    package struct Listener: Sendable {
         /// The name (`--listen NAME=ADDR`).
-        public var name: String
+        package var name: String
         /// The listening socket; the dispatcher uses it, the caller keeps ownership.
-        public var socket: SocketDescriptor
+        package var socket: SocketDescriptor
 
         /// Creates a listener entry.
-        public init(name: String, socket: SocketDescriptor) {
+        package init(name: String, socket: SocketDescriptor) {
             self.name = name
             self.socket = socket
         }
     }
 
     /// How the dispatcher behaves.
-    public struct Configuration: Sendable {
+    package struct Configuration: Sendable {
         /// How workers are chosen.
-        public var policy: Policy
+        package var policy: Policy
         /// The most connections in flight to one worker.
-        public var maximumInFlightPerWorker: Int
+        package var maximumInFlightPerWorker: Int
         /// The most connections accepted per readiness event, per listener.
-        public var acceptBatch: Int
+        package var acceptBatch: Int
         /// A worker that leaves a connection unacknowledged this long is reported as stalled.
-        public var stallTimeout: Duration
+        package var stallTimeout: Duration
         /// Called (on the dispatcher's thread) with a stalled worker's pid; the supervisor kills it,
         /// and its connections go to others once it is gone. Nil: connections wait for it.
-        public var onStall: (@Sendable (pid_t) -> Void)?
+        package var onStall: (@Sendable (pid_t) -> Void)?
         /// Called (on the dispatcher's thread) when a worker says it is ready.
-        public var onReady: (@Sendable (pid_t) -> Void)?
+        package var onReady: (@Sendable (pid_t) -> Void)?
         /// Where the dispatcher logs.
-        public var logger: Logger
+        package var logger: Logger
 
         /// Creates a configuration.
-        public init(
+        package init(
             policy: Policy = .roundRobin, maximumInFlightPerWorker: Int = 256, acceptBatch: Int = 64,
             stallTimeout: Duration = .seconds(5), onStall: (@Sendable (pid_t) -> Void)? = nil,
             onReady: (@Sendable (pid_t) -> Void)? = nil,
@@ -79,48 +75,48 @@ public final class Dispatcher: Sendable {
     }
 
     /// What the dispatcher knows of one worker.
-    public struct WorkerStatistics: Sendable, Hashable {
+    package struct WorkerStatistics: Sendable, Hashable {
         /// The worker's pid.
-        public var pid: pid_t
+        package var pid: pid_t
         /// Its generation (a reload starts the next one).
-        public var generation: Int
+        package var generation: Int
         /// Connections it has acknowledged, in all.
-        public var handled: Int
+        package var handled: Int
         /// Connections sent and not acknowledged, plus those it reports open.
-        public var inFlight: Int
+        package var inFlight: Int
         /// Connections sent and not acknowledged: they go to another worker if this one dies.
-        public var unacknowledged: Int
+        package var unacknowledged: Int
         /// Whether it said it is ready.
-        public var isReady: Bool
+        package var isReady: Bool
         /// Whether it takes new connections (not retired, not stalled).
-        public var isAccepting: Bool
+        package var isAccepting: Bool
     }
 
     /// Counters for the whole dispatcher.
-    public struct Statistics: Sendable, Hashable {
+    package struct Statistics: Sendable, Hashable {
         /// Connections accepted from the listeners.
-        public var accepted: Int
+        package var accepted: Int
         /// Connections sent again after their worker died, stalled or refused them.
-        public var redispatched: Int
+        package var redispatched: Int
         /// Connections waiting in the dispatcher for a worker with room.
-        public var waiting: Int
+        package var waiting: Int
         /// Each worker.
-        public var workers: [WorkerStatistics]
+        package var workers: [WorkerStatistics]
     }
 
     /// A worker as a successor supervisor takes it over: the dispatcher's end of its channel, and
     /// its doorbell if it gave one (the worker protocol's `doorbell` message, `docs/WORKERS.md`).
-    public struct WorkerChannelState: Sendable {
+    package struct WorkerChannelState: Sendable {
         /// The worker's pid.
-        public var pid: pid_t
+        package var pid: pid_t
         /// Its generation.
-        public var generation: Int
+        package var generation: Int
         /// Whether connections go to it.
-        public var accepting: Bool
+        package var accepting: Bool
         /// The dispatcher's end of its channel.
-        public var channel: DescriptorChannel
+        package var channel: DescriptorChannel
         /// The worker's doorbell, rung after each message sent to it.
-        public var doorbell: SocketDescriptor?
+        package var doorbell: SocketDescriptor?
     }
 
     package let reactor: Reactor
@@ -131,7 +127,7 @@ public final class Dispatcher: Sendable {
         (Statistics(accepted: 0, redispatched: 0, waiting: 0, workers: []), true, []))
 
     /// Prepares a dispatcher for `listeners` (they are made non-blocking). Nothing happens until ``start()``.
-    public init(listeners: [Listener], configuration: Configuration) throws(SocketShareError) {
+    package init(listeners: [Listener], configuration: Configuration) throws(SocketShareError) {
         guard !listeners.isEmpty else {
             throw SocketShareError(.invalidArgument, operation: "dispatcher", detail: "no listeners")
         }
@@ -148,7 +144,7 @@ public final class Dispatcher: Sendable {
     }
 
     /// Runs the dispatcher on its reactor's thread.
-    public func start() throws(SocketShareError) {
+    package func start() throws(SocketShareError) {
         try reactor.start()
         started.withLock { $0 = true }
         let core = self.core
@@ -168,7 +164,7 @@ public final class Dispatcher: Sendable {
     ///     still proving itself (a reload) waits for ``promote(generation:)``.
     ///   - doorbell: The worker's doorbell, when a predecessor supervisor hands one over (a worker
     ///     otherwise sends it on its channel).
-    public func addWorker(
+    package func addWorker(
         _ channel: DescriptorChannel, pid: pid_t, generation: Int, accepting: Bool = true, doorbell: SocketDescriptor? = nil
     ) {
         let core = self.core
@@ -177,32 +173,36 @@ public final class Dispatcher: Sendable {
 
     /// Makes `generation`'s workers take connections, and retires every other worker: it gets no
     /// more, and is told to finish what it has and exit.
-    public func promote(generation: Int) {
+    package func promote(generation: Int) {
         let core = self.core
         reactor.execute { core.promote(generation: generation) }
     }
 
     /// Sends no more connections to worker `pid` and tells it to finish what it has and exit.
-    public func retireWorker(pid: pid_t) {
+    package func retireWorker(pid: pid_t) {
         let core = self.core
         reactor.execute { core.retire(pid: pid) }
     }
 
     /// Stops accepting (connections wait in the listeners' backlogs); acknowledgements still arrive.
-    public func pause() {
+    /// `settled` is called, on the dispatcher's thread, once every connection sent is acknowledged.
+    package func pause(whenSettled settled: @escaping @Sendable () -> Void) {
         let core = self.core
-        reactor.execute { core.setPaused(true) }
+        reactor.execute {
+            core.setPaused(true)
+            core.whenSettled(settled)
+        }
     }
 
     /// Stops touching the workers' channels at all (after ``pause()`` has settled), so a successor
     /// supervisor can take them over; returns once the loop no longer reads them.
-    public func freeze() {
+    package func freeze() {
         let core = self.core
         _ = reactor.sync { core.setFrozen(true) }
     }
 
     /// Accepts again after ``pause()`` (and reads the workers again after ``freeze()``).
-    public func resume() {
+    package func resume() {
         let core = self.core
         reactor.execute {
             core.setFrozen(false)
@@ -211,25 +211,25 @@ public final class Dispatcher: Sendable {
     }
 
     /// Whether nothing is waiting in the dispatcher and every connection sent was acknowledged.
-    public var isSettled: Bool {
+    package var isSettled: Bool {
         let core = self.core
         return reactor.sync { core.isSettled } ?? final.withLock { $0.settled }
     }
 
     /// The workers and the dispatcher's ends of their channels (for a successor supervisor).
-    public var workerChannels: [WorkerChannelState] {
+    package var workerChannels: [WorkerChannelState] {
         let core = self.core
         return reactor.sync { core.channels } ?? final.withLock { $0.channels }
     }
 
     /// A snapshot of the counters.
-    public var statistics: Statistics {
+    package var statistics: Statistics {
         let core = self.core
         return reactor.sync { core.statistics } ?? final.withLock { $0.statistics }
     }
 
     /// Ends the dispatcher without a word to the workers (their channels now belong to a successor).
-    public func detach() {
+    package func detach() {
         let core = self.core
         if let snapshot = reactor.sync({ core.snapshot() }) { final.withLock { $0 = snapshot } }
         core.logger.info("dispatcher handed its workers to a successor")
@@ -238,12 +238,26 @@ public final class Dispatcher: Sendable {
 
     /// Stops: accepts what waits in the listeners' backlogs one last time, hands it out, waits (until
     /// `deadline`) for every connection to be acknowledged, tells the workers to finish and exit,
-    /// and returns. The listeners stay open (the caller owns them).
-    public func stop(deadline: ContinuousClock.Instant) {
+    /// and calls `done` on the dispatcher's thread; ``finish()`` then ends the dispatcher. The
+    /// listeners stay open (the caller owns them).
+    package func stop(deadline: ContinuousClock.Instant, then done: @escaping @Sendable () -> Void) {
+        guard started.withLock({ $0 }) else { return done() }
+        let core = self.core
+        reactor.execute { core.stop(deadline: deadline, done) }
+    }
+
+    /// ``stop(deadline:then:)``, waiting for it, then ``finish()``.
+    package func stop(deadline: ContinuousClock.Instant) {
         guard started.withLock({ $0 }) else { return }
         let core = self.core
-        // Answered when everything is acknowledged, or at `deadline` (a timer on the reactor).
         _ = reactor.wait { answer in core.stop(deadline: deadline) { answer(()) } }
+        finish()
+    }
+
+    /// Ends the dispatcher after ``stop(deadline:then:)`` called back: keeps its last counters and
+    /// joins its thread.
+    package func finish() {
+        let core = self.core
         if let snapshot = reactor.sync({ core.snapshot() }) { final.withLock { $0 = snapshot } }
         reactor.stop()
     }

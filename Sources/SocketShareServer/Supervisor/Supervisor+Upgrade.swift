@@ -3,75 +3,80 @@ import Logging
 import SocketShare
 import SocketShareCore
 
-/// Supervisor upgrade: the running supervisor starts a new binary (`serve --successor-of 3`) and
-/// hands it the listeners, the control and notify sockets, the worker channels and its state over a
-/// descriptor channel; the workers keep running. In handoff mode the dispatcher pauses first (new
-/// connections wait in the listen backlog) until every connection sent is acknowledged.
+/// Supervisor upgrade: the running supervisor starts a new binary (with its `successorArguments`,
+/// the channel at descriptor 3, `$SOCKSHARE_PREDECESSOR_FD=3`) and hands it the listeners, the
+/// control and notify sockets, the worker channels and its state over a descriptor channel; the
+/// workers keep running. In handoff mode the dispatcher pauses first (new connections wait in the
+/// listen backlog) until every connection sent is acknowledged.
 ///
-/// The successor says `ready` once it serves; only then does the old supervisor let go and exit
+/// The successor says `ready` once it serves; only then does the old supervisor let go and stop
 /// (without touching workers or socket paths). If the successor exits, or is not ready by the
 /// deadline, it is killed and the old supervisor resumes as if nothing happened.
 extension Supervisor {
     /// The message a successor sends when it serves.
     package static let successorReady = Array("ready".utf8)
+    /// The environment variable that names a successor's channel to its predecessor.
+    public static let predecessorVariable = "SOCKSHARE_PREDECESSOR_FD"
 
-    package func beginUpgrade(binary: String, deadline: Duration, requester: DescriptorChannel?) {
-        let refusal: String? = state.withLock { state in
-            if state.stopping { return "the supervisor is stopping" }
-            if state.reload != nil { return "a reload is in progress" }
-            if state.upgrade != nil { return "an upgrade is already in progress" }
-            return nil
-        } ?? (ProcessSpawner.resolveExecutable(binary) == nil ? "\(binary): no such executable" : nil)
+    func beginUpgrade(binary: String, deadline: Duration, requester: DescriptorChannel?) {
+        let refusal = ProcessSpawner.resolveExecutable(binary) == nil
+            ? "\(binary): no such executable"
+            : state.beginUpgrade(binary: binary, now: .now, deadline: deadline)?.description
         if let refusal {
             reply(requester, ok: false, reason: refusal, generation: nil)
             logger.warning("upgrade refused: \(refusal)")
             return
         }
-        state.withLock {
-            $0.upgrade = UpgradeAttempt(binary: binary, started: .now, deadline: .now + deadline, requester: requester)
-        }
+        upgradeRequester = requester
         tellServiceManager("RELOADING=1\nMONOTONIC_USEC=\(monotonicMicroseconds)\nSTATUS=upgrading to \(binary)")
         logger.notice("upgrade: handing over to \(binary)")
-        dispatcher?.pause()
-        continueUpgrade()
+        armTimer()
+        if let dispatcher {
+            dispatcher.pause { [reactor] in reactor.execute { [self] in continueUpgrade() } }
+        } else {
+            continueUpgrade()
+        }
     }
 
     /// Once the dispatcher has settled (every connection sent was acknowledged), starts the
-    /// successor and hands everything over. Called from the loop's timers.
-    package func continueUpgrade() {
-        guard let upgrade = state.withLock({ $0.upgrade }), upgrade.successor == nil else { return }
-        if let dispatcher, !dispatcher.isSettled { return }
+    /// successor and hands everything over.
+    private func continueUpgrade() {
+        guard let upgrade = state.upgrade, upgrade.successor == nil else { return }
         // From here on the worker channels are the successor's to read: this dispatcher lets go.
         dispatcher?.freeze()
+        watchSharedSockets(false)
         do throws(SocketShareError) {
             let (mine, theirs) = try SocketDescriptor.pair(kind: .seqpacket)
             let channel = DescriptorChannel(mine)
             let child: ChildProcess
             do throws(SocketShareError) {
+                var environment = ProcessSpawner.environment
+                environment[Self.predecessorVariable] = "3"
                 child = try ProcessSpawner.spawn(
-                    upgrade.binary, arguments: ["serve", "--successor-of", "3", "--log-level", "\(logger.logLevel)"],
+                    upgrade.binary, arguments: successorArguments, environment: environment,
                     descriptors: [0: devNull, 3: theirs.rawValue])
                 try theirs.close()
             } catch {
                 try? theirs.close()
                 try? mine.close()
-                throw error
+                throw error.within("upgrade", context: "start \(upgrade.binary)")
             }
-            state.withLock { $0.upgrade?.successor = (child, channel) }
+            state.successorStarted(child.pid)
+            successor = (child, channel, nil)
             do throws(SocketShareError) {
                 try handOver(on: channel, upgrade.deadline)
             } catch {
                 if let ended = try? child.wait(deadline: .now + .milliseconds(200)) {
-                    state.withLock { $0.upgrade?.successor = nil }
                     throw SocketShareError(
                         .holderGone, operation: "upgrade",
                         detail: "the new supervisor (\(upgrade.binary), pid \(child.pid)) ended (\(ended)) before it was ready")
                 }
-                throw error
+                throw error.within("upgrade", context: "hand over")
             }
+            successor?.watch = try? reactor.watch(channel.socket.rawValue) { [unowned self] _ in successorSpoke() }
             logger.info("upgrade: state sent to the new supervisor, pid \(child.pid); waiting for it to serve")
         } catch {
-            finishUpgrade(failure: error.operation == "upgrade" ? error.detail : "could not hand over: \(error)")
+            finishUpgrade(failure: error.detail)
         }
     }
 
@@ -79,40 +84,35 @@ extension Supervisor {
     private func handOver(on channel: DescriptorChannel, _ deadline: ContinuousClock.Instant) throws(SocketShareError) {
         let channels = dispatcher?.workerChannels ?? []
         let now = ContinuousClock.now
-        let (workers, snapshot) = state.withLock { ($0.workers, $0) }
         var descriptors = listeners.map(\.socket.rawValue) + [control.rawValue, notifications.socket.rawValue]
         var transferred: [SupervisorHandover.TransferredWorker] = []
-        for worker in workers {
-            guard let pidfd = worker.pidfd else { continue }
-            let match = channels.first { $0.pid == worker.process.pid }
+        for worker in state.workers {
+            guard let pidfd = processes[worker.pid]?.pidfd else { continue }
+            let match = channels.first { $0.pid == worker.pid }
             if dispatcher != nil && match == nil { continue }
             descriptors.append(pidfd.rawValue)
             if let match {
                 descriptors.append(match.channel.socket.rawValue)
                 if let doorbell = match.doorbell { descriptors.append(doorbell.rawValue) }
             }
-            let uptime = now - worker.started
             transferred.append(SupervisorHandover.TransferredWorker(
-                pid: worker.process.pid, slot: worker.slot, generation: worker.generation, isReady: worker.isReady,
-                uptimeMilliseconds: Int(uptime.components.seconds * 1000),
-                drainMilliseconds: worker.drainDeadline.map { deadline in
-                    let left = now.duration(to: deadline)
-                    return max(0, Int(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000))
-                },
+                pid: worker.pid, slot: worker.slot, generation: worker.generation, isReady: worker.isReady,
+                uptimeMilliseconds: Int((now - worker.started) / .milliseconds(1)),
+                drainMilliseconds: worker.drainDeadline.map { max(0, Int(now.duration(to: $0) / .milliseconds(1))) },
                 accepting: match?.accepting ?? true, hasDoorbell: match?.doorbell != nil))
         }
         let handover = SupervisorHandover(
             configuration: configuration, controlPath: controlPath, notifyPath: notifications.path,
             serviceManagerAddress: serviceManager?.address, listenerNames: listeners.map(\.name), ownedPaths: ownedPaths,
-            generation: snapshot.generation, currentGeneration: snapshot.currentGeneration, restarts: snapshot.restarts,
-            lastReload: snapshot.lastReload, workers: transferred, logLevel: "\(logger.logLevel)")
+            generation: state.generation, currentGeneration: state.currentGeneration, restarts: state.backoff.restarts,
+            lastReload: lastReload, workers: transferred, logLevel: "\(logger.logLevel)")
         try channel.send(handover.json, deadline: deadline)
         try channel.sendBatch(descriptors, deadline: deadline)
     }
 
     /// The successor said something: `ready`, or it went away.
-    package func successorSpoke() {
-        guard let successor = state.withLock({ $0.upgrade?.successor }) else { return }
+    private func successorSpoke() {
+        guard let successor else { return }
         let message = try? successor.channel.receive(maximumBytes: 64, deadline: .now)
         message?.closeDescriptors()
         if let message, message.bytes == Self.successorReady {
@@ -123,53 +123,64 @@ extension Supervisor {
         }
     }
 
-    /// Ends the upgrade: on success this supervisor lets go (the loop ends and
-    /// ``finishHandover()`` runs); on failure the successor is killed and serving resumes.
-    package func finishUpgrade(failure: String?) {
-        guard let upgrade = state.withLock({ state -> UpgradeAttempt? in
-            defer { state.upgrade = nil }
-            return state.upgrade
-        }) else { return }
-        let elapsed = ContinuousClock.now - upgrade.started
-        let milliseconds = Int(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000)
+    /// Ends the upgrade: on success this supervisor lets go (``run()`` returns); on failure the
+    /// successor is killed and serving resumes.
+    func finishUpgrade(failure: String?) {
+        let requester = upgradeRequester
+        upgradeRequester = nil
+        let running = successor
+        successor = nil
+        if let watch = running?.watch { reactor.unwatch(watch) }
+        guard let upgrade = state.finishUpgrade(succeeded: failure == nil) else { return }
         if let failure {
-            if let successor = upgrade.successor {
-                try? successor.process.signal(SIGKILL)
-                _ = try? successor.process.wait(deadline: .now + .seconds(5))
-                try? successor.channel.close()
+            if let running {
+                try? running.process.signal(SIGKILL)
+                _ = try? running.process.wait(deadline: .now + .seconds(5))
+                try? running.channel.close()
             }
-            dispatcher?.resume()
-            record(kind: "upgrade", generation: 0, succeeded: false, reason: failure, milliseconds: milliseconds)
+            if !state.isStopping {
+                watchSharedSockets(true)
+                dispatcher?.resume()
+            }
+            record(kind: "upgrade", generation: 0, succeeded: false, reason: failure, since: upgrade.started)
             logger.error("upgrade failed; this supervisor serves on: \(failure)")
             tellServiceManager("READY=1\nSTATUS=upgrade failed: \(failure)")
-            reply(upgrade.requester, ok: false, reason: failure, generation: nil)
+            reply(requester, ok: false, reason: failure, generation: nil)
+            armTimer()
             return
         }
-        let pid = upgrade.successor?.process.pid ?? 0
-        record(kind: "upgrade", generation: Int(pid), succeeded: true, reason: "the supervisor is now pid \(pid)", milliseconds: milliseconds)
-        reply(upgrade.requester, ok: true, reason: "the supervisor is now pid \(pid) (\(upgrade.binary))", generation: Int(pid))
-        try? upgrade.successor?.channel.close()
-        state.withLock { $0.handedOver = true }
+        let pid = running?.process.pid ?? 0
+        record(kind: "upgrade", generation: Int(pid), succeeded: true, reason: "the supervisor is now pid \(pid)", since: upgrade.started)
+        reply(requester, ok: true, reason: "the supervisor is now pid \(pid) (\(upgrade.binary))", generation: Int(pid))
+        try? running?.channel.close()
         logger.notice("upgrade done: pid \(pid) serves; exiting without touching workers or sockets")
+        finishHandover()
     }
 
     /// After a successful upgrade: stop without a word to the workers (the successor has them) and
     /// without removing socket paths (the successor serves on them).
-    package func finishHandover() {
+    private func finishHandover() {
         dispatcher?.detach()
+        for connection in controlConnections.values { try? connection.channel.close() }
+        controlConnections.removeAll()
+        if let timer { reactor.cancel(timer) }
         for listener in listeners { try? listener.socket.close() }
         try? control.close()
         try? notifications.socket.close()
         try? Kernel.close(devNull)
+        finished.signal()
     }
 
     // MARK: The successor's side
 
-    /// Takes over from the supervisor that started this process with `serve --successor-of FD`:
-    /// receives its state and descriptors. ``run()`` then adopts its workers and tells it to exit.
-    public static func succeeding(channelDescriptor fd: CInt, logger: Logger) throws(SocketShareError) -> Supervisor {
+    /// Takes over from the supervisor that started this process for an upgrade: receives its state
+    /// and descriptors over the channel at `fd` (`$SOCKSHARE_PREDECESSOR_FD`). ``run()`` then adopts
+    /// its workers and tells it to stop.
+    public static func succeeding(
+        channelDescriptor fd: CInt, successorArguments: [String], logger: Logger
+    ) throws(SocketShareError) -> Supervisor {
         guard Kernel.descriptorFlags(fd) != nil else {
-            throw SocketShareError(.invalidArgument, operation: "take over", detail: "--successor-of \(fd): not an open descriptor")
+            throw SocketShareError(.invalidArgument, operation: "take over", detail: "descriptor \(fd): not open")
         }
         try Kernel.setCloseOnExec(fd, true)
         let channel = DescriptorChannel(SocketDescriptor(taking: fd))
@@ -193,34 +204,38 @@ extension Supervisor {
             for name in handover.listenerNames { listeners.append(Dispatcher.Listener(name: name, socket: try next())) }
             let control = try next()
             let notifications = NotifyListener(socket: try next(), path: handover.notifyPath)
-            var state = State()
-            state.generation = handover.generation
-            state.currentGeneration = handover.currentGeneration
-            state.restarts = handover.restarts
-            state.lastReload = handover.lastReload
+            var state = SupervisorState(
+                workerCount: handover.configuration.workers, generation: handover.generation,
+                currentGeneration: handover.currentGeneration, restarts: handover.restarts)
             state.toldServiceManagerReady = true
-            var inherited: [(pid_t, Int, Bool, DescriptorChannel, SocketDescriptor?)] = []
+            var inherited: [InheritedWorker] = []
+            var processes: [pid_t: WorkerProcess] = [:]
             let now = ContinuousClock.now
             for worker in handover.workers {
                 let pidfd = try next()
                 let process = try? ProcessDescriptor(taking: pidfd.release(), pid: worker.pid)
+                var adopted = InheritedWorker(pid: worker.pid, generation: worker.generation, accepting: worker.accepting)
                 if handover.configuration.mode == .handoff {
-                    let channel = DescriptorChannel(try next())
-                    let doorbell = worker.hasDoorbell == true ? try next() : nil
-                    inherited.append((worker.pid, worker.generation, worker.accepting, channel, doorbell))
+                    adopted.channel = DescriptorChannel(try next())
+                    adopted.doorbell = worker.hasDoorbell == true ? try next() : nil
                 }
-                var record = Worker(
-                    slot: worker.slot, process: ChildProcess(pid: worker.pid), pidfd: process, generation: worker.generation,
+                inherited.append(adopted)
+                processes[worker.pid] = WorkerProcess(child: nil, pidfd: process)
+                var record = SupervisorState.Worker(
+                    pid: worker.pid, slot: worker.slot, generation: worker.generation,
                     started: now - .milliseconds(worker.uptimeMilliseconds), isChild: false)
                 record.isReady = worker.isReady
                 record.drainDeadline = worker.drainMilliseconds.map { now + .milliseconds($0) }
-                state.workers.append(record)
+                state.started(record)
             }
             let supervisor = try Supervisor(
                 configuration: handover.configuration, logger: logger, listeners: listeners, ownedPaths: handover.ownedPaths,
                 control: control, controlPath: handover.controlPath, notifications: notifications,
-                serviceManager: handover.serviceManagerAddress.map(SystemdNotifier.init(address:)), state: state)
-            supervisor.predecessor.withLock { $0 = (channel, inherited) }
+                serviceManager: handover.serviceManagerAddress.map(SystemdNotifier.init(address:)),
+                successorArguments: successorArguments, state: state)
+            supervisor.processes = processes
+            supervisor.lastReload = handover.lastReload
+            supervisor.predecessor = (channel, inherited)
             return supervisor
         } catch {
             for descriptor in descriptors[index...] { try? descriptor.close() }
@@ -228,15 +243,20 @@ extension Supervisor {
         }
     }
 
-    /// Adopts the workers a predecessor handed over, then tells it to exit.
-    package func adoptPredecessorsWorkers() {
-        guard let (channel, inherited) = predecessor.withLock({ value in defer { value = nil }; return value }) else { return }
-        for (pid, generation, accepting, workerChannel, doorbell) in inherited {
-            dispatcher?.addWorker(workerChannel, pid: pid, generation: generation, accepting: accepting, doorbell: doorbell)
+    /// Adopts the workers a predecessor handed over, then tells it to stop. On the reactor's thread.
+    func adoptPredecessorsWorkers() {
+        guard let (channel, inherited) = predecessor else { return }
+        predecessor = nil
+        for worker in inherited {
+            if let workerChannel = worker.channel {
+                dispatcher?.addWorker(
+                    workerChannel, pid: worker.pid, generation: worker.generation, accepting: worker.accepting,
+                    doorbell: worker.doorbell)
+            }
         }
         try? channel.send(Self.successorReady, deadline: .now + .seconds(5))
         try? channel.close()
-        logger.notice("took over from the previous supervisor: \(state.withLock { $0.workers.count }) workers, generation \(state.withLock { $0.currentGeneration })")
+        logger.notice("took over from the previous supervisor: \(state.workers.count) workers, generation \(state.currentGeneration)")
         tellServiceManager("MAINPID=\(getpid())\nREADY=1\nSTATUS=serving (upgraded)")
     }
 }

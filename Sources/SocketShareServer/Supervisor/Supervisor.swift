@@ -1,27 +1,37 @@
 import Glibc
 import Logging
+import ServiceLifecycle
 import SocketShare
 import SocketShareCore
 
-/// `sockshare serve`: binds listeners, runs worker processes with exactly the descriptors they need,
-/// restarts the ones that crash, reloads them without losing a connection, hands itself over to a
-/// new binary, and stops gracefully.
+/// Runs worker processes on shared listeners, or hands them each accepted connection: it binds the
+/// listeners, starts the workers with exactly the descriptors they need, restarts the ones that
+/// crash, reloads them without losing a connection, hands itself over to a new binary, and stops
+/// gracefully. `sockshare serve` is this type behind a command line.
 ///
 /// - **shared** mode: every worker gets every listener at descriptors 3… with `LISTEN_FDS`,
 ///   `LISTEN_PID` and `LISTEN_FDNAMES`, so any server that supports systemd socket activation
 ///   works unchanged; the kernel spreads connections among the workers' `accept` calls.
-/// - **handoff** mode: a ``Dispatcher`` accepts and hands each connection to a worker, which
-///   receives them through `ConnectionServer` of SocketShareNIO (or `docs/WORKERS.md` in any language) on the
-///   channel at `$SOCKSHARE_WORKER_FD`. No connection is lost when a worker dies.
+/// - **handoff** mode: a dispatcher accepts and hands each connection to a worker, which
+///   receives them through `ConnectionServer` of SocketShareNIO (or `docs/WORKERS.md` in any
+///   language) on the channel at `$SOCKSHARE_WORKER_FD`. No connection is lost when a worker dies.
 ///
-/// A **reload** (`sockshare reload`, `SIGHUP`) starts a new generation of workers on the same
-/// listeners; once every one of them says it is ready (`READY=1` on `$NOTIFY_SOCKET`, or
-/// the worker protocol's `ready`), new connections go only to it and the old generation drains.
-/// If the new generation is not ready by the deadline, or one of its workers exits first, it is
-/// stopped and the old one serves on untouched. An **upgrade** (`upgrade` command, `SIGUSR2`)
-/// starts a new supervisor binary and hands it the listeners, the worker channels and the state;
-/// the workers keep running.
-public final class Supervisor: Sendable {
+/// A **reload** (``reload(deadline:)``, or `reload` on the control socket) starts a new generation
+/// of workers on the same listeners; once every one of them says it is ready (`READY=1` on
+/// `$NOTIFY_SOCKET`, or the worker protocol's `ready`), new connections go only to it and the old
+/// generation drains. If the new generation is not ready by the deadline, or one of its workers
+/// exits first, it is stopped and the old one serves on untouched. An **upgrade**
+/// (``upgrade(binary:deadline:)``) starts a new supervisor binary and hands it the listeners, the
+/// worker channels and the state; the workers keep running.
+///
+/// A `Service`: graceful shutdown (or cancellation) drains it — no new connections, the workers
+/// finish within the drain timeout, then `SIGTERM`, then `SIGKILL`. Signals are the program's to
+/// map: `sockshare serve` maps `SIGTERM`/`SIGINT` to graceful shutdown, `SIGHUP` to a reload and
+/// `SIGUSR2` to an upgrade.
+///
+/// Threads: one reactor thread runs everything (the control socket, readiness notifications,
+/// worker exits through their pidfds, timers); the dispatcher runs on a reactor of its own.
+public final class Supervisor: Service, @unchecked Sendable {
     /// How connections reach workers.
     public enum Mode: String, Sendable, CaseIterable, Codable {
         /// Workers accept on the shared listeners themselves (systemd socket activation).
@@ -38,19 +48,27 @@ public final class Supervisor: Sendable {
         case none
     }
 
+    /// How workers are picked for handed-off connections.
+    public enum Policy: String, Sendable, CaseIterable, Codable {
+        /// In turn.
+        case roundRobin = "rr"
+        /// The worker with the fewest connections in flight.
+        case leastLoaded = "least"
+    }
+
     /// How a supervisor runs.
     public struct Configuration: Sendable, Codable {
-        /// The listeners to bind (ignored for those passed in by systemd).
+        /// The listeners to bind (ignored when the service manager passed some in).
         public var listeners: [ListenerSpecification]
         /// How many workers run at once.
         public var workers: Int
         /// Shared listeners or handoff.
         public var mode: Mode
-        /// How the dispatcher picks workers (handoff mode).
-        public var policy: Dispatcher.Policy
+        /// How handed-off connections pick a worker.
+        public var policy: Policy
         /// The worker program and its arguments.
         public var command: [String]
-        /// The control socket for `sockshare status --control`; nil picks `serve-PID.sock` in the runtime directory.
+        /// The control socket; nil picks `serve-PID.sock` in the runtime directory.
         public var controlPath: String?
         /// How long a stop, or a reload's old generation, waits for workers to finish before `SIGTERM`
         /// (and `SIGKILL` 2 s later).
@@ -69,7 +87,7 @@ public final class Supervisor: Sendable {
 
         /// Creates a configuration.
         public init(
-            listeners: [ListenerSpecification], workers: Int, mode: Mode, policy: Dispatcher.Policy = .roundRobin,
+            listeners: [ListenerSpecification], workers: Int, mode: Mode, policy: Policy = .roundRobin,
             command: [String], controlPath: String? = nil, drainTimeout: Duration = .seconds(10),
             stallTimeout: Duration = .seconds(5), maximumInFlightPerWorker: Int = 256, backlog: CInt = 4096,
             readiness: Readiness = .notify, reloadDeadline: Duration = .seconds(30)
@@ -89,65 +107,6 @@ public final class Supervisor: Sendable {
         }
     }
 
-    /// A running worker process.
-    package struct Worker {
-        package let slot: Int
-        package let process: ChildProcess
-        package let pidfd: ProcessDescriptor?
-        package let generation: Int
-        package let started: ContinuousClock.Instant
-        /// False for workers inherited from a predecessor supervisor: they are not our children.
-        package let isChild: Bool
-        package var isReady = false
-        /// Set when the worker's generation was replaced: it must be gone by then.
-        package var drainDeadline: ContinuousClock.Instant? = nil
-        /// When `SIGKILL` follows the `SIGTERM` it was sent.
-        package var killAt: ContinuousClock.Instant? = nil
-    }
-
-    /// A worker slot waiting to be started again.
-    package struct Restart {
-        package let slot: Int
-        package let at: ContinuousClock.Instant
-    }
-
-    /// A reload under way: the new generation, and the workers of it not ready yet.
-    package struct ReloadAttempt {
-        package let generation: Int
-        package let started: ContinuousClock.Instant
-        package let deadline: ContinuousClock.Instant
-        package var waiting: Set<pid_t>
-        package var requester: DescriptorChannel?
-    }
-
-    /// A supervisor upgrade under way.
-    package struct UpgradeAttempt {
-        package let binary: String
-        package let started: ContinuousClock.Instant
-        package let deadline: ContinuousClock.Instant
-        package var requester: DescriptorChannel?
-        /// Set once the successor runs: its process and our end of the channel to it.
-        package var successor: (process: ChildProcess, channel: DescriptorChannel)?
-    }
-
-    package struct State {
-        package var workers: [Worker] = []
-        package var restarts: [Int: Int] = [:]
-        package var backoff: [Int: Duration] = [:]
-        package var pendingRestarts: [Restart] = []
-        /// The latest generation started.
-        package var generation = 1
-        /// The generation new connections go to.
-        package var currentGeneration = 1
-        package var reload: ReloadAttempt?
-        package var upgrade: UpgradeAttempt?
-        package var lastReload: ServeStatus.ReloadOutcome?
-        package var stopping = false
-        /// Set once a successor supervisor has everything: stop without touching workers or paths.
-        package var handedOver = false
-        package var toldServiceManagerReady = false
-    }
-
     package let configuration: Configuration
     package let logger: Logger
     package let listeners: [Dispatcher.Listener]
@@ -157,37 +116,72 @@ public final class Supervisor: Sendable {
     package let control: SocketDescriptor
     package let controlPath: String
     package let notifications: NotifyListener
-    package let state: Locked<State>
     package let devNull: CInt
     /// Our own service manager's `$NOTIFY_SOCKET` (systemd), if any.
     package let serviceManager: SystemdNotifier?
     /// The binary an upgrade starts when the request names none: the one this process runs.
     package let executablePath: String
-    /// Written to wake the loop (readiness reported from the dispatcher's thread).
-    package let wakeRead: CInt
-    package let wakeWrite: CInt
-    /// Readiness reported from the dispatcher's thread, taken by the loop.
-    package let readyInbox: ReadyInbox
+    /// The arguments a new binary is started with on an upgrade: its end of the channel to this
+    /// supervisor is descriptor 3 (`$SOCKSHARE_PREDECESSOR_FD`).
+    package let successorArguments: [String]
+    package let reactor: Reactor
+    /// Flipped when the supervisor has stopped (drained, or handed over): ``run()`` returns.
+    package let finished = StopSignal()
 
-    package final class ReadyInbox: Sendable {
-        package let pids = Locked<[pid_t]>([])
+    // Touched on the reactor's thread only.
+    package var state: SupervisorState
+    /// Each worker's process: its child handle (to reap it), its pidfd and the pidfd's watch.
+    package var processes: [pid_t: WorkerProcess] = [:]
+    package var controlWatch: Reactor.Watch?
+    package var notifyWatch: Reactor.Watch?
+    package var controlConnections: [ObjectIdentifier: (channel: DescriptorChannel, watch: Reactor.Watch?)] = [:]
+    package var timer: Reactor.Timer?
+    package var lastReload: ServeStatus.ReloadOutcome?
+    /// Who asked for the reload, or the upgrade, under way: they are answered when it ends.
+    package var reloadRequester: DescriptorChannel?
+    package var upgradeRequester: DescriptorChannel?
+    /// The successor supervisor during an upgrade: its process and our end of the channel to it.
+    package var successor: (process: ChildProcess, channel: DescriptorChannel, watch: Reactor.Watch?)?
+    /// A successor's channel to its predecessor, and the workers it inherits (until ``run()``).
+    package var predecessor: (channel: DescriptorChannel, workers: [InheritedWorker])?
+    /// When the drain gives up on workers that ignore even `SIGKILL`.
+    package var drainGiveUp: ContinuousClock.Instant?
+
+    /// A worker process, as the supervisor's I/O holds it.
+    package struct WorkerProcess {
+        /// Nil for workers inherited from a predecessor: they are not our children.
+        package var child: ChildProcess?
+        package var pidfd: ProcessDescriptor?
+        package var watch: Reactor.Watch?
     }
 
-    /// A successor's channel to its predecessor, and the workers it inherits (until ``run()``).
-    package let predecessor = Locked<(DescriptorChannel, [(pid_t, Int, Bool, DescriptorChannel, SocketDescriptor?)])?>(nil)
+    /// A worker a successor inherits, with its channel (handoff mode).
+    package struct InheritedWorker {
+        package var pid: pid_t
+        package var generation: Int
+        package var accepting: Bool
+        package var channel: DescriptorChannel?
+        package var doorbell: SocketDescriptor?
+    }
 
     /// Binds the listeners (or takes those systemd passed in), creates the control and notify
     /// sockets, and prepares the dispatcher in handoff mode. No worker runs until ``run()``.
-    public convenience init(configuration: Configuration, logger: Logger) throws(SocketShareError) {
+    ///
+    /// - Parameters:
+    ///   - successorArguments: The arguments an upgrade starts the new binary with; its channel to
+    ///     this supervisor is descriptor 3, named by `$SOCKSHARE_PREDECESSOR_FD`, and it takes
+    ///     over with ``succeeding(channelDescriptor:successorArguments:logger:)``.
+    /// - Throws: ``SocketShareError`` with code `invalidArgument` naming the setting at fault.
+    public convenience init(configuration: Configuration, successorArguments: [String], logger: Logger) throws(SocketShareError) {
         guard configuration.workers > 0 else {
-            throw SocketShareError(.invalidArgument, operation: "serve", detail: "--workers must be at least 1")
+            throw SocketShareError(.invalidArgument, operation: "serve", detail: "workers: \(configuration.workers); at least 1 is needed")
         }
         guard let program = configuration.command.first else {
-            throw SocketShareError(.invalidArgument, operation: "serve", detail: "no worker COMMAND")
+            throw SocketShareError(.invalidArgument, operation: "serve", detail: "no worker command")
         }
         guard ProcessSpawner.resolveExecutable(program) != nil else {
             throw SocketShareError(
-                .invalidArgument, operation: "serve", detail: "COMMAND \(program): no such executable (is it on PATH?)")
+                .invalidArgument, operation: "serve", detail: "command \(program): no such executable (is it on PATH?)")
         }
         let serviceManager = SystemdNotifier.fromEnvironment()
         unsetenv("NOTIFY_SOCKET")
@@ -198,11 +192,12 @@ public final class Supervisor: Sendable {
             let inherited = try SystemdListeners.inherited()
             cleanup += inherited.map(\.socket)
             if !inherited.isEmpty {
-                logger.notice("using \(inherited.count) listeners passed in by the service manager (LISTEN_FDS); --listen is ignored")
+                logger.notice("using \(inherited.count) listeners passed in by the service manager (LISTEN_FDS); the configured ones are ignored")
                 listeners = inherited.map { Dispatcher.Listener(name: $0.name, socket: $0.socket) }
             } else {
                 guard !configuration.listeners.isEmpty else {
-                    throw SocketShareError(.invalidArgument, operation: "serve", detail: "no --listen address, and no LISTEN_FDS")
+                    throw SocketShareError(
+                        .invalidArgument, operation: "serve", detail: "no listener configured, and none passed in (LISTEN_FDS)")
                 }
                 for specification in configuration.listeners {
                     let socket: SocketDescriptor
@@ -210,7 +205,7 @@ public final class Supervisor: Sendable {
                         socket = try SocketDescriptor.listening(
                             on: specification.endpoint.address, kind: specification.endpoint.kind, backlog: configuration.backlog)
                     } catch {
-                        throw error.within("serve", context: "--listen \(specification)")
+                        throw error.within("serve", context: "listener \(specification)")
                     }
                     cleanup.append(socket)
                     if case .unix(let path) = specification.endpoint.address { owned.append(path) }
@@ -221,7 +216,7 @@ public final class Supervisor: Sendable {
                 for listener in listeners where (try? listener.socket.socketDescription().kind) == .datagram {
                     throw SocketShareError(
                         .invalidArgument, operation: "serve",
-                        detail: "listener \(listener.name) is a datagram socket: handoff mode accepts connections; use --mode shared")
+                        detail: "listener \(listener.name) is a datagram socket: handoff mode accepts connections; use shared mode")
                 }
             }
             let path: String
@@ -234,7 +229,7 @@ public final class Supervisor: Sendable {
                 if let probe = try? DescriptorChannel.connect(to: path) {
                     try? probe.close()
                     throw SocketShareError(
-                        .invalidArgument, operation: "serve", detail: "--control \(path): another sockshare serve answers there")
+                        .invalidArgument, operation: "serve", detail: "control socket \(path): another supervisor answers there")
                 }
                 Kernel.unlink(path)
             }
@@ -243,7 +238,8 @@ public final class Supervisor: Sendable {
             let notifications = try NotifyListener(path: Self.notifyPath(for: path))
             try self.init(
                 configuration: configuration, logger: logger, listeners: listeners, ownedPaths: owned,
-                control: control, controlPath: path, notifications: notifications, serviceManager: serviceManager)
+                control: control, controlPath: path, notifications: notifications, serviceManager: serviceManager,
+                successorArguments: successorArguments, state: SupervisorState(workerCount: configuration.workers))
         } catch {
             for socket in cleanup { try? socket.close() }
             for path in owned { Kernel.unlink(path) }
@@ -255,7 +251,7 @@ public final class Supervisor: Sendable {
     package init(
         configuration: Configuration, logger: Logger, listeners: [Dispatcher.Listener], ownedPaths: [String],
         control: SocketDescriptor, controlPath: String, notifications: NotifyListener, serviceManager: SystemdNotifier?,
-        state: State = State()
+        successorArguments: [String], state: SupervisorState
     ) throws(SocketShareError) {
         try control.setNonBlocking(true)
         self.configuration = configuration
@@ -266,16 +262,19 @@ public final class Supervisor: Sendable {
         self.controlPath = controlPath
         self.notifications = notifications
         self.serviceManager = serviceManager
+        self.successorArguments = successorArguments
+        self.state = state
         self.devNull = try Kernel.open("/dev/null", O_RDWR)
         self.executablePath = Kernel.readLink("/proc/self/exe") ?? CommandLine.arguments[0]
-        let (read, write) = try Kernel.pipe()
-        try Kernel.setNonBlocking(read, true)
-        try Kernel.setNonBlocking(write, true)
-        self.wakeRead = read
-        self.wakeWrite = write
-        self.state = Locked(state)
-        let inbox = ReadyInbox()
-        self.readyInbox = inbox
+        let reactor: Reactor
+        do throws(SocketShareError) {
+            reactor = try Reactor(name: "sockshare-serve")
+        } catch {
+            try? Kernel.close(devNull)
+            throw error
+        }
+        self.reactor = reactor
+        let relay = ReadyRelay()
         if configuration.mode == .handoff {
             let dispatcherLogger = logger
             dispatcher = try Dispatcher(listeners: listeners, configuration: Dispatcher.Configuration(
@@ -285,20 +284,18 @@ public final class Supervisor: Sendable {
                     dispatcherLogger.warning("killing stalled worker \(pid); its connections go to the others")
                     _ = Glibc.kill(pid, SIGKILL)
                 },
-                onReady: { pid in
-                    inbox.pids.withLock { $0.append(pid) }
-                    var byte: UInt8 = 1
-                    _ = Glibc.write(write, &byte, 1)
-                },
+                onReady: { pid in reactor.execute { relay.supervisor?.workerIsReady(pid) } },
                 logger: logger))
         } else {
             dispatcher = nil
         }
+        relay.supervisor = self
     }
 
-    deinit {
-        try? Kernel.close(wakeRead)
-        try? Kernel.close(wakeWrite)
+    /// Carries the dispatcher's readiness reports to the supervisor, which does not exist yet when
+    /// the dispatcher is made. Set once in `init`, read on the supervisor's reactor thread only.
+    private final class ReadyRelay: @unchecked Sendable {
+        weak var supervisor: Supervisor?
     }
 
     /// The notify socket's path, beside the control socket.
@@ -315,103 +312,56 @@ public final class Supervisor: Sendable {
     }
 
     /// Starts the workers (a successor adopts its predecessor's instead) and supervises them until
-    /// `SIGTERM` or `SIGINT`, then drains and returns. `SIGHUP` reloads; `SIGUSR2` upgrades.
-    public func run() throws(SocketShareError) {
-        let signals = try SignalPipe.install([SIGTERM, SIGINT, SIGHUP, SIGUSR2])
+    /// graceful shutdown or cancellation, then drains them and returns; or until an upgrade has
+    /// handed everything to a successor, then returns without touching the workers.
+    ///
+    /// - Throws: ``SocketShareError`` when the supervisor's threads cannot start.
+    public func run() async throws {
         try dispatcher?.start()
-        if predecessor.withLock({ $0 != nil }) {
-            adoptPredecessorsWorkers()
-        } else {
-            let generation = state.withLock { $0.generation }
-            for slot in 0..<configuration.workers { start(slot: slot, generation: generation, accepting: true) }
+        reactor.execute { [self] in begin() }
+        do throws(SocketShareError) {
+            try reactor.start()
+        } catch {
+            dispatcher?.detach()
+            throw error
         }
-        logger.notice("serving", metadata: [
-            "mode": "\(configuration.mode)", "workers": "\(configuration.workers)",
-            "listeners": "\(boundAddresses.map { "\($0.name)=\($0.endpoint)" }.joined(separator: " "))",
-            "control": "\(controlPath)",
-        ])
-        var controlConnections: [CInt: DescriptorChannel] = [:]
-        while true {
-            if state.withLock({ $0.stopping || $0.handedOver }) { break }
-            runTimers()
-            // While a successor takes over, this supervisor only listens to it (and to signals): the
-            // control socket and the workers are about to be the successor's, and two supervisors
-            // must never act on them at once.
-            let handingOver = state.withLock { $0.upgrade?.successor != nil }
-            var fds = [
-                pollfd(fd: signals, events: Int16(POLLIN), revents: 0),
-                pollfd(fd: handingOver ? -1 : control.rawValue, events: Int16(POLLIN), revents: 0),
-                pollfd(fd: handingOver ? -1 : notifications.socket.rawValue, events: Int16(POLLIN), revents: 0),
-                pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
-                pollfd(fd: state.withLock { $0.upgrade?.successor?.channel.socket.rawValue } ?? -1, events: Int16(POLLIN), revents: 0),
-            ]
-            let fixed = fds.count
-            let controlFDs = handingOver ? [] : Array(controlConnections.keys)
-            for fd in controlFDs { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
-            let current = handingOver ? [] : state.withLock { $0.workers }
-            for worker in current { fds.append(pollfd(fd: worker.pidfd?.rawValue ?? -1, events: Int16(POLLIN), revents: 0)) }
-            guard (try? Kernel.poll(&fds, deadline: nextTimer())) != nil else { break }
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                await finished.wait()
+            } onGracefulShutdown: { [self] in
+                stop()
+            }
+        } onCancel: { [self] in
+            stop()
+        }
+        // Drained or handed over: the reactor's work is done.
+        reactor.stop()
+    }
 
-            if fds[0].revents != 0, let number = try? SignalPipe.next(deadline: .now) {
-                switch number {
-                case SIGHUP:
-                    logger.notice("SIGHUP: reloading")
-                    beginReload(deadline: configuration.reloadDeadline, requester: nil)
-                case SIGUSR2:
-                    logger.notice("SIGUSR2: upgrading to \(executablePath)")
-                    beginUpgrade(binary: executablePath, deadline: configuration.reloadDeadline, requester: nil)
-                default:
-                    logger.notice("signal \(number): draining")
-                    state.withLock { $0.stopping = true }
-                }
-            }
-            if fds[4].revents != 0 {
-                successorSpoke()
-                if state.withLock({ $0.handedOver }) { break }
-            }
-            if fds[1].revents != 0 {
-                while let accepted = try? control.accept() {
-                    controlConnections[accepted.rawValue] = DescriptorChannel(accepted)
-                }
-            }
-            if fds[2].revents != 0 {
-                for (pid, fields) in notifications.drain() where fields["READY"] == "1" { workerIsReady(pid) }
-            }
-            if fds[3].revents != 0 {
-                var buffer = [UInt8](repeating: 0, count: 64)
-                while Glibc.read(wakeRead, &buffer, buffer.count) > 0 {}
-                for pid in readyInbox.pids.withLock({ pids in defer { pids.removeAll() }; return pids }) {
-                    workerIsReady(pid)
-                }
-            }
-            for (index, fd) in controlFDs.enumerated() where fds[fixed + index].revents != 0 {
-                guard let channel = controlConnections[fd] else { continue }
-                if !answerControl(channel) {
-                    controlConnections.removeValue(forKey: fd)
-                    try? channel.close()
-                }
-            }
-            for (index, worker) in current.enumerated() where fds[fixed + controlFDs.count + index].revents != 0 {
-                reap(worker)
-            }
-        }
-        for channel in controlConnections.values { try? channel.close() }
-        if state.withLock({ $0.handedOver }) {
-            finishHandover()
-        } else {
-            drain()
+    /// Drains and stops: no new connections, the workers finish within the drain timeout, then
+    /// `SIGTERM`, then `SIGKILL`; the listeners and the control socket are closed. ``run()``
+    /// returns once that is done. What graceful shutdown does.
+    public func stop() {
+        reactor.execute { [self] in beginDrain() }
+    }
+
+    /// Starts a new generation of workers; it serves once each of its workers is ready, or it is
+    /// rolled back at `deadline`. Returns at once; ``status()`` tells how it went.
+    public func reload(deadline: Duration? = nil) {
+        reactor.execute { [self] in beginReload(deadline: deadline ?? configuration.reloadDeadline, requester: nil) }
+    }
+
+    /// Hands this supervisor over to `binary` (nil: the binary this process runs). Returns at once;
+    /// on success ``run()`` returns, the new supervisor serving; on failure this one serves on.
+    public func upgrade(binary: String? = nil, deadline: Duration? = nil) {
+        reactor.execute { [self] in
+            beginUpgrade(binary: binary ?? executablePath, deadline: deadline ?? configuration.reloadDeadline, requester: nil)
         }
     }
 
-    /// Asks ``run()`` to drain and return (as `SIGTERM` does).
-    public func requestStop() {
-        state.withLock { $0.stopping = true }
-        wake()
-    }
-
-    package func wake() {
-        var byte: UInt8 = 1
-        _ = Glibc.write(wakeWrite, &byte, 1)
+    /// The listeners, workers and counters now; nil once the supervisor has stopped.
+    public func status() -> ServeStatus? {
+        reactor.sync { [self] in currentStatus() }
     }
 
     /// Tells our own service manager (systemd, if it started us with `$NOTIFY_SOCKET`).
