@@ -51,9 +51,12 @@ public final class EventSelection: AsyncSequence, Sendable {
     private let registry: EventRegistry
     private let notice: SocketDescriptor
     private let noticePath: String
-    private let wakeRead: CInt
-    private let wakeWrite: CInt
+    /// The selection's thread: the socket and the notice socket are watched on it, and records
+    /// are delivered from it.
+    private let reactor: Reactor
     private let state: Locked<State>
+    /// Touched on the reactor's thread only.
+    private let watching = Locked(Watching())
     private let stream: AsyncStream<EventRecord>
     private let continuation: AsyncStream<EventRecord>.Continuation
 
@@ -64,6 +67,22 @@ public final class EventSelection: AsyncSequence, Sendable {
         package var started = false
         package var connectPhase = ConnectPhase.none
         package var closeReported = false
+        /// Whether ``end()`` has run.
+        package var closed = false
+    }
+
+    /// What the reactor's thread watches.
+    private struct Watching: Sendable {
+        var socket: Reactor.Watch?
+        var notice: Reactor.Watch?
+        /// The interest the socket is watched for now.
+        var interest: UInt32 = 0
+        /// Cleared after a hang-up or an error: only displacement and cancellation remain.
+        var socketLive = true
+        var listening = false
+        var deliver: (@Sendable (EventRecord) -> Void)?
+        /// Before a connect starts there is nothing to watch the socket for: looked at every 10 ms.
+        var connectCheck: Reactor.Timer?
     }
 
     /// Where a TCP socket's connect stands, for the `connect` event.
@@ -106,11 +125,7 @@ public final class EventSelection: AsyncSequence, Sendable {
         let notice = try SocketDescriptor.listening(on: .unix(path: noticePath), kind: .datagram)
         do throws(SocketShareError) {
             try notice.setNonBlocking(true)
-            let (read, write) = try Kernel.pipe()
-            try Kernel.setNonBlocking(read, true)
-            try Kernel.setNonBlocking(write, true)
-            wakeRead = read
-            wakeWrite = write
+            reactor = try Reactor(name: "sockshare-events")
         } catch {
             try? notice.close()
             Kernel.unlink(noticePath)
@@ -144,12 +159,13 @@ public final class EventSelection: AsyncSequence, Sendable {
             return
         }
         let deliver: @Sendable (EventRecord) -> Void = handler ?? { [continuation] in continuation.yield($0) }
-        try DetachedThread.start { [self] in watch(deliver) }
-    }
-
-    deinit {
-        try? Kernel.close(wakeRead)
-        try? Kernel.close(wakeWrite)
+        reactor.execute { [self] in begin(deliver) }
+        do throws(SocketShareError) {
+            try reactor.start()
+        } catch {
+            end()
+            throw error
+        }
     }
 
     /// An iterator over the records.
@@ -160,13 +176,13 @@ public final class EventSelection: AsyncSequence, Sendable {
     /// Ends this registration (others are untouched); the sequence ends.
     public func cancel() {
         state.withLock { $0.ended = true }
-        poke()
+        reactor.execute { [self] in refresh() }
     }
 
     /// Arms `events` again after they were reported (call it after consuming them yourself).
     public func reenable(_ events: NetworkEvents) {
         state.withLock { $0.armed.formUnion(events.intersection(self.events).subtracting([.connect, .close])) }
-        poke()
+        reactor.execute { [self] in refresh() }
     }
 
     /// Receives data (`recv`) and re-enables `read`, as Winsock's `recv` does.
@@ -202,11 +218,6 @@ public final class EventSelection: AsyncSequence, Sendable {
         }
     }
 
-    private func poke() {
-        var byte: UInt8 = 1
-        _ = Glibc.write(wakeWrite, &byte, 1)
-    }
-
     /// Tells the registrant listening at `path` that `pid` displaced it.
     package static func tell(_ path: String, displacedBy pid: pid_t) {
         guard let socket = try? SocketDescriptor.socket(.unix, .datagram) else { return }
@@ -219,7 +230,12 @@ public final class EventSelection: AsyncSequence, Sendable {
 
     /// Ends the selection: unregisters (if still registered), removes the notice socket, ends the sequence.
     private func end() {
-        state.withLock { $0.ended = true }
+        let first = state.withLock { state in
+            defer { state.closed = true }
+            state.ended = true
+            return !state.closed
+        }
+        guard first else { return }
         registry.unregister(noticePath: noticePath, inode: identity.inode)
         try? notice.close()
         Kernel.unlink(noticePath)
@@ -228,58 +244,94 @@ public final class EventSelection: AsyncSequence, Sendable {
 }
 
 extension EventSelection {
-    /// The selection's thread: polls the socket for the armed events, the notice socket and the
-    /// wake pipe, and reports.
-    private func watch(_ deliver: @Sendable (EventRecord) -> Void) {
-        defer { end() }
+    /// The first round on the selection's thread: watch the notice socket and the socket.
+    private func begin(_ deliver: @escaping @Sendable (EventRecord) -> Void) {
         let listening = (try? Kernel.socketOption(socket.rawValue, SOL_SOCKET, SO_ACCEPTCONN)) == 1
-        var watchingSocket = true
-        while true {
-            var early: [EventRecord] = []
-            let (armed, ended, phase) = state.withLock { state in
-                if state.connectPhase == .notStarted, let record = Self.connectOutcome(socket.rawValue, waiting: true) {
-                    state.connectPhase = .none
-                    if state.armed.contains(.connect) { early.append(record) }
-                    state.armed.remove(.connect)
-                } else if state.connectPhase == .notStarted, Self.isConnecting(socket.rawValue) {
-                    state.connectPhase = .connecting
-                }
-                return (state.armed, state.ended, state.connectPhase)
-            }
-            for record in early { deliver(record) }
-            if ended { return }
-            let connecting = phase == .connecting
-            var interest: CInt = 0
-            if !armed.isDisjoint(with: [.read, .accept, .close]) { interest |= CInt(POLLIN) | Self.pollReadHangUp }
-            if (armed.contains(.write) && phase != .notStarted) || (connecting && armed.contains(.connect)) {
-                interest |= CInt(POLLOUT)
-            }
-            if armed.contains(.outOfBand) { interest |= CInt(POLLPRI) }
-            var fds = [
-                pollfd(fd: watchingSocket && interest != 0 ? socket.rawValue : -1, events: Int16(interest), revents: 0),
-                pollfd(fd: notice.rawValue, events: Int16(POLLIN), revents: 0),
-                pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
-            ]
-            // Before a connect starts there is nothing to poll the socket for: look again in 10 ms.
-            if phase == .notStarted { fds[0].fd = -1 }
-            guard (try? Kernel.poll(&fds, deadline: phase == .notStarted ? .now + .milliseconds(10) : nil)) != nil else { return }
-            if fds[2].revents != 0 {
-                var buffer = [UInt8](repeating: 0, count: 64)
-                while Glibc.read(wakeRead, &buffer, buffer.count) > 0 {}
-            }
-            if fds[1].revents != 0, let by = displacement() {
-                deliver(.displaced(by: by))
-                return
-            }
-            let revents = CInt(fds[0].revents)
-            if revents & CInt(POLLNVAL) != 0 { return }
-            guard revents != 0 else { continue }
-            for record in classify(revents, listening: listening) { deliver(record) }
-            // After a hang-up or an error only displacement and cancellation remain to wait for.
-            if revents & (CInt(POLLHUP) | CInt(POLLERR)) != 0 && state.withLock({ $0.closeReported || !$0.armed.contains(.close) }) {
-                if !armed.contains(.read) || Self.unread(socket.rawValue) == 0 { watchingSocket = false }
+        let notice = try? reactor.watch(self.notice.rawValue) { [unowned self] _ in
+            if let by = displacement() {
+                watching.withLock { $0.deliver }?(.displaced(by: by))
+                finish()
             }
         }
+        watching.withLock { watching in
+            watching.listening = listening
+            watching.deliver = deliver
+            watching.notice = notice
+        }
+        refresh()
+    }
+
+    /// Brings the watch in line with the armed events and the connect phase; reports a connect that
+    /// happened before the socket could be watched; ends the selection once cancelled.
+    private func refresh() {
+        guard let deliver = watching.withLock({ $0.deliver }) else { return }
+        var early: [EventRecord] = []
+        let (armed, ended, phase) = state.withLock { state in
+            if state.connectPhase == .notStarted, let record = Self.connectOutcome(socket.rawValue, waiting: true) {
+                state.connectPhase = .none
+                if state.armed.contains(.connect) { early.append(record) }
+                state.armed.remove(.connect)
+            } else if state.connectPhase == .notStarted, Self.isConnecting(socket.rawValue) {
+                state.connectPhase = .connecting
+            }
+            return (state.armed, state.ended, state.connectPhase)
+        }
+        for record in early { deliver(record) }
+        if ended { return finish() }
+        var interest: UInt32 = 0
+        if !armed.isDisjoint(with: [.read, .accept, .close]) { interest |= UInt32(POLLIN) | UInt32(Self.pollReadHangUp) }
+        if (armed.contains(.write) && phase != .notStarted) || (phase == .connecting && armed.contains(.connect)) {
+            interest |= UInt32(POLLOUT)
+        }
+        if armed.contains(.outOfBand) { interest |= UInt32(POLLPRI) }
+        let current = watching.withLock { $0 }
+        let wanted = current.socketLive && phase != .notStarted ? interest : 0
+        if wanted == 0 {
+            if let watch = current.socket { reactor.unwatch(watch) }
+            watching.withLock { $0.socket = nil; $0.interest = 0 }
+        } else if let watch = current.socket {
+            if wanted != current.interest {
+                reactor.setEvents(watch, wanted)
+                watching.withLock { $0.interest = wanted }
+            }
+        } else {
+            let watch = try? reactor.watch(socket.rawValue, events: wanted) { [unowned self] events in socketEvents(events) }
+            watching.withLock { $0.socket = watch; $0.interest = watch == nil ? 0 : wanted }
+        }
+        if phase == .notStarted, current.connectCheck == nil {
+            let timer = reactor.schedule(at: .now + .milliseconds(10)) { [unowned self] in
+                watching.withLock { $0.connectCheck = nil }
+                refresh()
+            }
+            watching.withLock { $0.connectCheck = timer }
+        }
+    }
+
+    /// The socket has events.
+    private func socketEvents(_ events: UInt32) {
+        let (listening, deliver) = watching.withLock { ($0.listening, $0.deliver) }
+        let revents = CInt(bitPattern: events)
+        for record in classify(revents, listening: listening) { deliver?(record) }
+        // After a hang-up or an error only displacement and cancellation remain to wait for.
+        if revents & (CInt(POLLHUP) | CInt(POLLERR)) != 0 && state.withLock({ $0.closeReported || !$0.armed.contains(.close) }) {
+            if !state.withLock({ $0.armed.contains(.read) }) || Self.unread(socket.rawValue) == 0 {
+                watching.withLock { $0.socketLive = false }
+            }
+        }
+        refresh()
+    }
+
+    /// Ends the selection on its own thread: nothing is watched any more, the thread ends.
+    private func finish() {
+        let current = watching.withLock { watching in
+            defer { watching = Watching(socketLive: false) }
+            return watching
+        }
+        if let watch = current.socket { reactor.unwatch(watch) }
+        if let watch = current.notice { reactor.unwatch(watch) }
+        if let timer = current.connectCheck { reactor.cancel(timer) }
+        end()
+        reactor.stop()
     }
 
     /// The events `revents` means, disarming each reported one.

@@ -189,6 +189,23 @@ package final class Reactor: @unchecked Sendable {
         return Watch(tag: tag)
     }
 
+    /// Calls `handler` with the `epoll` events whenever `descriptor` has one of `events` (`EPOLLIN`,
+    /// `EPOLLOUT`, `EPOLLPRI`, `EPOLLRDHUP`; errors and hang-ups always come). The bits are those of
+    /// `poll(2)`. The caller keeps owning the descriptor and must ``unwatch(_:)`` it before closing.
+    package func watch(_ descriptor: CInt, events: UInt32, _ handler: @escaping (UInt32) -> Void) throws(SocketShareError) -> Watch {
+        let tag = nextTag
+        nextTag += 1
+        try Kernel.epollAdd(epoll, descriptor, data: tag, events: events)
+        watches[tag] = (descriptor, handler)
+        return Watch(tag: tag)
+    }
+
+    /// Changes the events a watched descriptor is watched for.
+    package func setEvents(_ watch: Watch, _ events: UInt32) {
+        guard let entry = watches[watch.tag] else { return }
+        try? Kernel.epollModify(epoll, entry.descriptor, data: watch.tag, events: events)
+    }
+
     /// Turns readability events for a watched descriptor on or off (errors and hang-ups still come).
     package func setReadable(_ watch: Watch, _ readable: Bool) {
         guard let entry = watches[watch.tag] else { return }

@@ -1,19 +1,18 @@
 import Glibc
 import SocketShareCore
 
-/// Starts a detached POSIX thread, for a blocking loop that must run whatever the caller's threads
-/// (or Swift's cooperative pool) are doing: the escrow holder's loop, a `SharedListenerAcceptor`-style
-/// blocking `accept`.
-package enum DetachedThread {
+/// Starts a detached POSIX thread, for a test's blocking loop (a load client, a blocking claim) that
+/// must run whatever Swift's cooperative pool is doing. The library itself runs on `Reactor`s.
+enum DetachedThread {
     private final class Box {
-        package let body: @Sendable () -> Void
-        package init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
     }
 
     /// Runs `body` on a new detached thread.
     ///
     /// - Throws: `SocketShareError` (`system`) when `pthread_create` fails; `body` is then not run.
-    package static func start(_ body: @escaping @Sendable () -> Void) throws(SocketShareError) {
+    static func start(_ body: @escaping @Sendable () -> Void) throws(SocketShareError) {
         let context = Unmanaged.passRetained(Box(body)).toOpaque()
         var attributes = pthread_attr_t()
         pthread_attr_init(&attributes)
