@@ -6,58 +6,31 @@ import SocketShareCore
 extension Dispatcher {
     /// A connection accepted and not yet acknowledged by any worker.
     package struct Pending {
-        package let id: UInt64
         package let socket: SocketDescriptor
         package let listener: Int
         package let peer: String
         package let local: String
     }
 
-    /// A worker, as the loop tracks it.
+    /// A worker's I/O, as the loop holds it (its bookkeeping is the ``WorkerPool``'s).
     package final class Worker {
         package let pid: pid_t
         package let generation: Int
         package let channel: DescriptorChannel
         /// A pidfd: readable once the process has exited.
         package let process: ProcessDescriptor?
-        package var unacknowledged: [UInt64: Pending] = [:]
-        /// When each connection was sent, oldest first (ids acknowledged since are skipped when they
-        /// come up): the stall check needs only the oldest.
-        package var sent: [(id: UInt64, at: ContinuousClock.Instant)] = []
-        package var sentHead = 0
         package var stallTimer: Reactor.Timer?
-        package var reportedActive = 0
-        package var handled = 0
-        package var isReady = false
-        package var isRetired = false
-        package var isStalled = false
-        /// Whether connections go to it (a reload's new generation waits to be promoted).
-        package var isAccepting: Bool
         /// The worker's doorbell (``WorkerMessage/doorbell``): one byte is written to it after each
         /// message sent to the worker.
         package var doorbell: SocketDescriptor?
         package var channelWatch: Reactor.Watch?
         package var processWatch: Reactor.Watch?
 
-        package init(pid: pid_t, generation: Int, channel: DescriptorChannel, accepting: Bool) {
+        package init(pid: pid_t, generation: Int, channel: DescriptorChannel) {
             self.pid = pid
             self.generation = generation
             self.channel = channel
-            self.isAccepting = accepting
             self.process = try? ProcessDescriptor(pid: pid)
-        }
-
-        package var inFlight: Int { unacknowledged.count + reportedActive }
-        package var isEligible: Bool { isAccepting && !isRetired && !isStalled }
-
-        /// When the oldest unacknowledged connection was sent.
-        package func oldestSent() -> ContinuousClock.Instant? {
-            while sentHead < sent.count, unacknowledged[sent[sentHead].id] == nil { sentHead += 1 }
-            if sentHead > 64 && sentHead * 2 > sent.count {
-                sent.removeFirst(sentHead)
-                sentHead = 0
-            }
-            return sentHead < sent.count ? sent[sentHead].at : nil
         }
     }
 
@@ -68,12 +41,10 @@ extension Dispatcher {
         package let configuration: Configuration
         package var logger: Logger { configuration.logger }
 
-        private var workers: [Worker] = []
-        private var waiting: [Pending] = []
-        private var nextID: UInt64 = 1
-        private var nextWorker = 0
-        private var accepted = 0
-        private var redispatched = 0
+        /// The decisions: which worker, how many in flight, what goes back to the queue.
+        private var pool: WorkerPool<Pending>
+        /// The workers' I/O, by pid.
+        private var workers: [pid_t: Worker] = [:]
         private var paused = false
         private var frozen = false
         private var stopDeadline: ContinuousClock.Instant?
@@ -90,6 +61,7 @@ extension Dispatcher {
             self.reactor = reactor
             self.listeners = listeners
             self.configuration = configuration
+            pool = WorkerPool(policy: configuration.policy, limit: configuration.maximumInFlightPerWorker)
         }
 
         /// Starts watching the listeners (with nothing to send to yet, they are not read).
@@ -116,9 +88,10 @@ extension Dispatcher {
         // MARK: Commands
 
         package func add(_ channel: DescriptorChannel, pid: pid_t, generation: Int, accepting: Bool, doorbell: SocketDescriptor?) {
-            let worker = Worker(pid: pid, generation: generation, channel: channel, accepting: accepting)
+            let worker = Worker(pid: pid, generation: generation, channel: channel)
             worker.doorbell = doorbell
-            workers.append(worker)
+            workers[pid] = worker
+            pool.add(pid: pid, generation: generation, accepting: accepting)
             logger.debug("worker added", metadata: ["pid": "\(pid)", "generation": "\(generation)"])
             if !frozen { watchChannel(worker) }
             if let process = worker.process {
@@ -131,19 +104,13 @@ extension Dispatcher {
         }
 
         package func promote(generation: Int) {
-            for worker in workers {
-                if worker.generation == generation {
-                    worker.isAccepting = true
-                } else if !worker.isRetired {
-                    retire(worker)
-                }
-            }
+            for pid in pool.promote(generation: generation) { sendStop(pid) }
             dispatchWaiting()
             updateListening()
         }
 
         package func retire(pid: pid_t) {
-            for worker in workers where worker.pid == pid && !worker.isRetired { retire(worker) }
+            if pool.retire(pid) { sendStop(pid) }
             updateListening()
         }
 
@@ -156,7 +123,7 @@ extension Dispatcher {
         package func setFrozen(_ frozen: Bool) {
             guard frozen != self.frozen else { return }
             self.frozen = frozen
-            for worker in workers {
+            for worker in workers.values {
                 if frozen {
                     if let watch = worker.channelWatch { reactor.unwatch(watch) }
                     worker.channelWatch = nil
@@ -195,31 +162,35 @@ extension Dispatcher {
         private func finishStopping(force: Bool) {
             guard let done = onStopped, force || isSettled else { return }
             onStopped = nil
-            for worker in workers {
+            for worker in workers.values {
                 try? worker.channel.send(WorkerMessage.stop.bytes, deadline: .now + .milliseconds(100))
                 ring(worker)
             }
-            logger.info("dispatcher stopped", metadata: ["unsettled": "\(waiting.count)"])
+            logger.info("dispatcher stopped", metadata: ["unsettled": "\(pool.waiting.count)"])
             done()
         }
 
         // MARK: Snapshots
 
-        package var isSettled: Bool { waiting.isEmpty && workers.allSatisfy { $0.unacknowledged.isEmpty } }
+        package var isSettled: Bool { pool.isSettled }
 
         package var statistics: Statistics {
             Statistics(
-                accepted: accepted, redispatched: redispatched, waiting: waiting.count,
-                workers: workers.map { worker in
+                accepted: pool.accepted, redispatched: pool.redispatched, waiting: pool.waiting.count,
+                workers: pool.members.map { member in
                     WorkerStatistics(
-                        pid: worker.pid, generation: worker.generation, handled: worker.handled, inFlight: worker.inFlight,
-                        unacknowledged: worker.unacknowledged.count, isReady: worker.isReady, isAccepting: worker.isEligible)
+                        pid: member.pid, generation: member.generation, handled: member.handled, inFlight: member.inFlight,
+                        unacknowledged: member.unacknowledged.count, isReady: member.isReady, isAccepting: member.isEligible)
                 })
         }
 
         package var channels: [WorkerChannelState] {
-            workers.map {
-                WorkerChannelState(pid: $0.pid, generation: $0.generation, accepting: $0.isAccepting, channel: $0.channel, doorbell: $0.doorbell)
+            pool.members.compactMap { member in
+                workers[member.pid].map {
+                    WorkerChannelState(
+                        pid: member.pid, generation: member.generation, accepting: member.isAccepting, channel: $0.channel,
+                        doorbell: $0.doorbell)
+                }
             }
         }
 
@@ -231,8 +202,7 @@ extension Dispatcher {
 
         /// Watches the listeners only while some worker has room (or a stop takes the backlog).
         private func updateListening() {
-            let wanted = stopDeadline == nil && !paused && !frozen
-                && workers.contains { $0.isEligible && $0.inFlight < configuration.maximumInFlightPerWorker }
+            let wanted = stopDeadline == nil && !paused && !frozen && pool.hasRoom
             guard wanted != listening else { return }
             listening = wanted
             for watch in listenerWatches { reactor.setReadable(watch, wanted) }
@@ -241,17 +211,12 @@ extension Dispatcher {
         /// Accepts up to `limit` connections from listener `index`, while some worker has room (or
         /// unconditionally when stopping).
         private func acceptAll(_ index: Int, limit: Int) {
-            var room = workers.reduce(0) { total, worker in
-                total + (worker.isEligible ? max(0, configuration.maximumInFlightPerWorker - worker.inFlight) : 0)
-            } - waiting.count
+            var room = pool.room
             var taken = 0
             while taken < limit, stopDeadline != nil || room > 0 {
                 guard let (fd, peer) = (try? Kernel.acceptWithPeer(listeners[index].socket.rawValue)) ?? nil else { break }
                 let local = localAddresses[index] ?? ((try? Kernel.localAddress(fd)).map { "\($0)" } ?? "")
-                waiting.append(Pending(
-                    id: nextID, socket: SocketDescriptor(taking: fd), listener: index, peer: peer?.text ?? "", local: local))
-                nextID += 1
-                accepted += 1
+                pool.enqueue(Pending(socket: SocketDescriptor(taking: fd), listener: index, peer: peer?.text ?? "", local: local))
                 taken += 1
                 room -= 1
             }
@@ -264,69 +229,33 @@ extension Dispatcher {
 
         /// Sends waiting connections to workers with room, batched per worker.
         private func dispatchWaiting() {
-            guard !waiting.isEmpty, !frozen else { return }
-            var batches: [ObjectIdentifier: (Worker, [Pending])] = [:]
-            var left: [Pending] = []
-            for pending in waiting {
-                guard let worker = choose(extra: batches) else {
-                    left.append(pending)
+            guard !frozen else { return }
+            for (pid, batch) in pool.assign() {
+                guard let worker = workers[pid] else {
+                    pool.unsent(batch)
                     continue
                 }
-                batches[ObjectIdentifier(worker), default: (worker, [])].1.append(pending)
-            }
-            waiting = left
-            for (worker, batch) in batches.values {
                 var start = 0
                 while start < batch.count {
                     let slice = batch[start..<min(start + WorkerMessage.maximumBatch, batch.count)]
                     let message = WorkerMessage.connections(slice.map {
-                        HandedConnection(id: $0.id, listenerName: listeners[$0.listener].name, peerAddress: $0.peer, localAddress: $0.local)
+                        HandedConnection(
+                            id: $0.id, listenerName: listeners[$0.connection.listener].name, peerAddress: $0.connection.peer,
+                            localAddress: $0.connection.local)
                     })
                     do throws(SocketShareError) {
-                        try worker.channel.send(message.bytes, descriptors: slice.map(\.socket.rawValue), deadline: .now)
+                        try worker.channel.send(message.bytes, descriptors: slice.map(\.connection.socket.rawValue), deadline: .now)
                         ring(worker)
                         FaultPoint.reached("dispatch.afterSend")
-                        let now = ContinuousClock.now
-                        for pending in slice {
-                            worker.unacknowledged[pending.id] = pending
-                            worker.sent.append((pending.id, now))
-                        }
+                        pool.sent(slice, to: pid, at: .now)
                         scheduleStallCheck(worker)
                     } catch {
                         // The worker's queue is full, or it is gone: keep these for the next round.
-                        waiting.append(contentsOf: batch[start...])
+                        pool.unsent(batch[start...])
                         break
                     }
                     start += slice.count
                 }
-            }
-        }
-
-        /// The worker for the next connection, counting connections already batched for each.
-        private func choose(extra: [ObjectIdentifier: (Worker, [Pending])]) -> Worker? {
-            let limit = configuration.maximumInFlightPerWorker
-            func load(_ worker: Worker) -> Int { worker.inFlight + (extra[ObjectIdentifier(worker)]?.1.count ?? 0) }
-            switch configuration.policy {
-            case .leastLoaded:
-                var best: Worker? = nil
-                var bestLoad = Int.max
-                for worker in workers where worker.isEligible {
-                    let current = load(worker)
-                    if current < limit && current < bestLoad {
-                        best = worker
-                        bestLoad = current
-                    }
-                }
-                return best
-            case .roundRobin:
-                for offset in 0..<workers.count {
-                    let worker = workers[(nextWorker + offset) % workers.count]
-                    if worker.isEligible && load(worker) < limit {
-                        nextWorker = (nextWorker + offset + 1) % workers.count
-                        return worker
-                    }
-                }
-                return nil
             }
         }
 
@@ -367,26 +296,18 @@ extension Dispatcher {
                 message.closeDescriptors()
                 switch decoded {
                 case .accepted(let ids, let active):
-                    for id in ids {
-                        if let pending = worker.unacknowledged.removeValue(forKey: id) {
-                            try? pending.socket.close()
-                            worker.handled += 1
-                        }
-                    }
-                    worker.reportedActive = Int(active)
+                    for pending in pool.acknowledge(ids, by: worker.pid, active: Int(active)) { try? pending.socket.close() }
                 case .refused(let ids):
-                    let refused = ids.compactMap { worker.unacknowledged.removeValue(forKey: $0) }
-                    waiting.insert(contentsOf: refused, at: 0)
-                    redispatched += refused.count
-                    if !refused.isEmpty {
+                    let refused = pool.refuse(ids, by: worker.pid)
+                    if refused > 0 {
                         logger.info("worker refused connections; sending them elsewhere", metadata: [
-                            "pid": "\(worker.pid)", "count": "\(refused.count)",
+                            "pid": "\(worker.pid)", "count": "\(refused)",
                         ])
                     }
                 case .load(let active):
-                    worker.reportedActive = Int(active)
+                    pool.report(Int(active), by: worker.pid)
                 case .ready:
-                    worker.isReady = true
+                    pool.ready(worker.pid)
                     configuration.onReady?(worker.pid)
                 case .doorbell:
                     guard worker.doorbell != nil else {
@@ -394,9 +315,9 @@ extension Dispatcher {
                         return false
                     }
                 case .leaving:
-                    if !worker.isRetired {
+                    if pool.retire(worker.pid) {
                         logger.info("worker is leaving", metadata: ["pid": "\(worker.pid)"])
-                        retire(worker)
+                        sendStop(worker.pid)
                     }
                 case .connections, .stop:
                     return false
@@ -404,10 +325,10 @@ extension Dispatcher {
             }
         }
 
-        /// Sends a worker no more connections and tells it to finish and exit. What it has not
-        /// acknowledged stays its own until it does, or until it is gone (then it goes to others).
-        private func retire(_ worker: Worker) {
-            worker.isRetired = true
+        /// Tells a retired worker to finish and exit. What it has not acknowledged stays its own
+        /// until it does, or until it is gone (then it goes to others).
+        private func sendStop(_ pid: pid_t) {
+            guard let worker = workers[pid] else { return }
             try? worker.channel.send(WorkerMessage.stop.bytes, deadline: .now + .seconds(1))
             ring(worker)
         }
@@ -422,18 +343,15 @@ extension Dispatcher {
 
         /// Drops a worker that exited or closed its channel; what it had not acknowledged goes to others.
         private func remove(_ worker: Worker, reason: String) {
-            guard workers.contains(where: { $0 === worker }) else { return }
-            workers.removeAll { $0 === worker }
+            guard workers[worker.pid] === worker else { return }
+            workers.removeValue(forKey: worker.pid)
             if let watch = worker.channelWatch { reactor.unwatch(watch) }
             if let watch = worker.processWatch { reactor.unwatch(watch) }
             if let timer = worker.stallTimer { reactor.cancel(timer) }
-            let orphans = worker.unacknowledged.values.sorted { $0.id < $1.id }
-            worker.unacknowledged.removeAll()
-            waiting.insert(contentsOf: orphans, at: 0)
-            redispatched += orphans.count
+            let orphans = pool.remove(worker.pid) ?? 0
             try? worker.channel.close()
             try? worker.doorbell?.close()
-            logger.notice("worker \(reason)", metadata: ["pid": "\(worker.pid)", "redispatched": "\(orphans.count)"])
+            logger.notice("worker \(reason)", metadata: ["pid": "\(worker.pid)", "redispatched": "\(orphans)"])
             dispatchWaiting()
             updateListening()
             finishStopping(force: false)
@@ -443,18 +361,19 @@ extension Dispatcher {
         /// Checks the worker at its oldest connection's stall deadline; a worker that left one
         /// unacknowledged that long is reported and takes no more.
         private func scheduleStallCheck(_ worker: Worker) {
-            guard worker.stallTimer == nil, !worker.isStalled, let oldest = worker.oldestSent() else { return }
+            guard worker.stallTimer == nil, pool.member(worker.pid)?.isStalled == false,
+                  let oldest = pool.oldestSent(worker.pid) else { return }
             worker.stallTimer = reactor.schedule(at: oldest + configuration.stallTimeout) { [unowned self, weak worker] in
                 guard let worker else { return }
                 worker.stallTimer = nil
-                guard !worker.isStalled, let oldest = worker.oldestSent() else { return }
+                guard pool.member(worker.pid)?.isStalled == false, let oldest = pool.oldestSent(worker.pid) else { return }
                 guard ContinuousClock.now - oldest >= configuration.stallTimeout else {
                     scheduleStallCheck(worker)
                     return
                 }
-                worker.isStalled = true
+                pool.stall(worker.pid)
                 logger.warning("worker stalled: connections unacknowledged", metadata: [
-                    "pid": "\(worker.pid)", "waiting": "\(worker.unacknowledged.count)",
+                    "pid": "\(worker.pid)", "waiting": "\(pool.member(worker.pid)?.unacknowledged.count ?? 0)",
                 ])
                 configuration.onStall?(worker.pid)
                 updateListening()
