@@ -23,43 +23,12 @@ struct Adopt: ParsableCommand {
     @Argument(help: ArgumentHelp("The token, or - to read one line of stdin.", valueName: "TOKEN|-"))
     var token: String
 
-    @Option(name: .customLong("fd"), help: ArgumentHelp("The descriptor number COMMAND gets the socket at.", valueName: "N"))
-    var descriptor: Int32 = 3
-
-    @Option(help: ArgumentHelp("The name put in LISTEN_FDNAMES.", valueName: "NAME"))
-    var name: String = "shared"
-
-    @Argument(parsing: .postTerminator, help: ArgumentHelp("The program to run with the socket, and its arguments.", valueName: "COMMAND"))
-    var command: [String] = []
-
-    func validate() throws {
-        guard descriptor >= 0 else { throw ValidationError("--fd \(descriptor): a descriptor is a number >= 0") }
-        guard !command.isEmpty else { throw ValidationError("missing COMMAND: write it after --, as in `sockshare adopt TOKEN -- my-server`") }
-        try ListenNames.validate(name, option: "--name")
-    }
+    @OptionGroup var activation: SocketActivation
 
     func run() throws {
         let socket = try Terminal.run { () throws(SocketShareError) in
             try SocketShare.adopt(try Terminal.token(from: token))
         }
-        let placed = try Terminal.run { () throws(SocketShareError) in
-            try socket.place(at: descriptor)
-        }
-        setenv("LISTEN_FDS", "1", 1)
-        setenv("LISTEN_PID", String(getpid()), 1)
-        setenv("LISTEN_FDNAMES", name, 1)
-        let failure = ProgramRunner.exec(command)
-        try? placed.close()
-        throw Terminal.fail(failure, exitCode: failure.errno?.rawValue == ENOENT ? 127 : 126)
-    }
-}
-
-/// Checks names for LISTEN_FDNAMES as systemd does: 1 to 255 printable ASCII characters, no colon.
-enum ListenNames {
-    static func validate(_ name: String, option: String) throws {
-        guard !name.isEmpty, name.utf8.count <= 255,
-              name.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: ":") }) else {
-            throw ValidationError("\(option) \(name): a name is 1 to 255 printable ASCII characters without spaces or ':'")
-        }
+        try activation.exec(socket, defaultName: "shared")
     }
 }

@@ -23,26 +23,16 @@ struct Bind: ParsableCommand {
     @Argument(help: ArgumentHelp("The address to bind.", valueName: "ADDR"))
     var address: String
 
-    @Option(name: .customLong("fd"), help: ArgumentHelp("The descriptor number COMMAND gets the socket at.", valueName: "N"))
-    var descriptor: Int32 = 3
-
-    @Option(help: ArgumentHelp("The name put in LISTEN_FDNAMES.", valueName: "NAME"))
-    var name: String = "listener"
-
     @Option(help: ArgumentHelp("The listen(2) backlog.", valueName: "N"))
     var backlog: Int32 = 511
 
     @Flag(help: "Print the bound address (port filled in) on stdout before running COMMAND.")
     var print = false
 
-    @Argument(parsing: .postTerminator, help: ArgumentHelp("The program to run with the socket.", valueName: "COMMAND"))
-    var command: [String] = []
+    @OptionGroup var activation: SocketActivation
 
     func validate() throws {
-        guard descriptor >= 0 else { throw ValidationError("--fd \(descriptor): a descriptor is a number >= 0") }
         guard backlog > 0 else { throw ValidationError("--backlog \(backlog): expected a number > 0") }
-        guard !command.isEmpty else { throw ValidationError("missing COMMAND: write it after --") }
-        try ListenNames.validate(name, option: "--name")
         do {
             _ = try SocketEndpoint(parsing: address)
         } catch {
@@ -51,23 +41,14 @@ struct Bind: ParsableCommand {
     }
 
     func run() throws {
-        let (placed, bound) = try Terminal.run { () throws(SocketShareError) in
+        let (socket, bound) = try Terminal.run { () throws(SocketShareError) in
             let endpoint = try SocketEndpoint(parsing: address)
             let socket = try SocketDescriptor.listening(on: endpoint.address, kind: endpoint.kind, backlog: backlog)
-            let local = SocketEndpoint(address: try socket.socketDescription().localAddress, kind: endpoint.kind)
-            let placed = try socket.place(at: descriptor)
-            if placed !== socket { try socket.close() }
-            return (placed, local)
+            return (socket, SocketEndpoint(address: try socket.socketDescription().localAddress, kind: endpoint.kind))
         }
-        setenv("LISTEN_FDS", "1", 1)
-        setenv("LISTEN_PID", String(getpid()), 1)
-        setenv("LISTEN_FDNAMES", name, 1)
-        setenv("SOCKSHARE_BOUND", bound.description, 1)
         if print {
             try Terminal.run { () throws(SocketShareError) in try Terminal.line(bound.description) }
         }
-        let failure = ProgramRunner.exec(command)
-        try? placed.close()
-        throw Terminal.fail(failure, exitCode: failure.errno?.rawValue == ENOENT ? 127 : 126)
+        try activation.exec(socket, defaultName: "listener", environment: ["SOCKSHARE_BOUND": bound.description])
     }
 }

@@ -12,7 +12,9 @@ struct Share: AsyncParsableCommand {
             printed as one line on stdout and flushed at once; pass it to the target over any IPC.
 
             With the broker (--via broker, or --via auto when a broker answers) the broker holds the share: \
-            share prints the token and exits 0 at once, and the source may close or exit.
+            share prints the token and exits 0 at once, and the source may close or exit. The broker is the \
+            one at --broker PATH, else at $SOCKSHARE_BROKER, else broker.sock in the runtime directory \
+            ($XDG_RUNTIME_DIR/sockshare, /run/sockshare for root).
 
             With --via sharer or pidfd (or auto without a broker) this process is the holder: it stays in \
             the foreground until the share is claimed (exit 0), expires (exit 2) or the target exits \
@@ -38,12 +40,16 @@ struct Share: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Seconds the share stays claimable (fractions allowed; at most 86400).", valueName: "SECONDS"))
     var ttl: Double = 60
 
+    @Option(name: .customLong("broker"), help: ArgumentHelp("The broker's socket (default: $SOCKSHARE_BROKER or the runtime directory's).", valueName: "PATH"))
+    var brokerPath: String?
+
     func validate() throws {
         guard descriptor >= 0 else { throw ValidationError("--fd \(descriptor): a descriptor is a number >= 0") }
         guard target > 0 else { throw ValidationError("--to \(target): a pid is a number > 0") }
         guard ShareOptions.Via(rawValue: via) != nil else {
             throw ValidationError("--via \(via): expected auto, broker, sharer or pidfd")
         }
+        if let brokerPath, !brokerPath.hasPrefix("/") { throw ValidationError("--broker \(brokerPath): expected an absolute path") }
         guard ttl.isFinite, ttl > 0, ttl <= 86400 else {
             throw ValidationError("--ttl \(ttl): expected a number of seconds greater than 0 and at most 86400")
         }
@@ -66,7 +72,8 @@ struct Share: AsyncParsableCommand {
 
     func run() async throws {
         signal(SIGPIPE, SIG_IGN)
-        let options = ShareOptions(via: ShareOptions.Via(rawValue: via)!, timeToLive: .milliseconds(Int64(ttl * 1000)))
+        let options = ShareOptions(
+            via: ShareOptions.Via(rawValue: via)!, timeToLive: .milliseconds(Int64(ttl * 1000)), brokerSocketPath: brokerPath)
         // Signals are caught before the token is printed, so whoever reads it may signal at once:
         // a signal revokes the share, which ends the wait below with `.revoked`.
         let shared = Locked<(token: ShareToken?, signal: CInt)>((nil, 0))
@@ -81,12 +88,13 @@ struct Share: AsyncParsableCommand {
             }
         }
         defer { watcher.cancel() }
+        // The arguments' own errors already say `share`; the library's are put in its terms.
+        try Terminal.run { () throws(SocketShareError) in try checkArguments() }
         let token = try Terminal.run { () throws(SocketShareError) in
-            try checkArguments()
             do throws(SocketShareError) {
                 return try SocketShare.duplicate(descriptor, for: target, options: options)
             } catch {
-                throw error.operation == "share" ? error : error.within("share")
+                throw error.within("share")
             }
         }
         let early = shared.withLock { state -> CInt in

@@ -45,21 +45,8 @@ struct Status: ParsableCommand {
         let shares = try Terminal.run { () throws(SocketShareError) in try client.list() }
         let output: String
         if json {
-            let entries = shares.map { share in
-                JSONValue.object(JSONObject([
-                    ("id", .number(Int(truncatingIfNeeded: share.id))),
-                    ("family", .string("\(share.family)")), ("type", .string("\(share.kind)")),
-                    ("protocol", .number(Int(share.protocolNumber))), ("listening", .bool(share.isListening)),
-                    ("connected", .bool(share.isConnected)), ("localAddress", .string(share.localAddress)),
-                    ("sourcePid", .number(Int(share.sourcePID))), ("targetPid", .number(Int(share.targetPID))),
-                    ("depositorUid", .number(Int(share.depositorUID))),
-                    ("ageSeconds", .number(Int(share.ageMilliseconds / 1000))),
-                    ("expiresInSeconds", .number(Int(share.expiresInMilliseconds / 1000))),
-                ]))
-            }
-            output = JSONObject([
-                ("broker", .string(client.socketPath)), ("held", .number(shares.count)), ("shares", .array(entries)),
-            ]).json
+            output = Terminal.json(BrokerListing(
+                broker: client.socketPath, held: shares.count, shares: shares.map(BrokerListing.Share.init)))
         } else {
             var lines = ["broker \(client.socketPath): \(shares.count) share\(shares.count == 1 ? "" : "s") held"]
             if !shares.isEmpty {
@@ -105,4 +92,41 @@ struct Status: ParsableCommand {
     private func pad(_ text: String, _ width: Int) -> String {
         text.count >= width ? text : text + String(repeating: " ", count: width - text.count)
     }
+}
+
+/// `sockshare status --json` for a broker.
+struct BrokerListing: Encodable {
+    struct Share: Encodable {
+        var id: UInt64
+        var family: String
+        var type: String
+        var `protocol`: Int32
+        var listening: Bool
+        var connected: Bool
+        var localAddress: String
+        var sourcePid: Int32
+        var targetPid: Int32
+        var depositorUid: UInt32
+        var ageSeconds: UInt64
+        var expiresInSeconds: UInt64
+
+        init(_ share: HeldShare) {
+            id = share.id
+            family = "\(share.family)"
+            type = "\(share.kind)"
+            `protocol` = share.protocolNumber
+            listening = share.isListening
+            connected = share.isConnected
+            localAddress = share.localAddress
+            sourcePid = share.sourcePID
+            targetPid = share.targetPID
+            depositorUid = share.depositorUID
+            ageSeconds = share.ageMilliseconds / 1000
+            expiresInSeconds = share.expiresInMilliseconds / 1000
+        }
+    }
+
+    var broker: String
+    var held: Int
+    var shares: [Share]
 }

@@ -81,3 +81,15 @@ extension String {
         return String(scalars)
     }
 }
+
+import FoundationEssentials
+
+extension Terminal {
+    /// `value` as one line of JSON, keys sorted (the same output for the same value).
+    static func json(_ value: some Encodable) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        guard let data = try? encoder.encode(value) else { return "{}" }
+        return String(decoding: data, as: UTF8.self)
+    }
+}

@@ -51,21 +51,12 @@ struct Who: ParsableCommand {
         holders.holders.removeAll { $0.pid == getpid() }
         let output: String
         if json {
-            output = JSONObject([
-                ("inode", .number(Int(found))),
-                ("holders", .array(holders.holders.map { holder in
-                    .object(JSONObject([
-                        ("pid", .number(Int(holder.pid))), ("command", .string(holder.command)),
-                        ("descriptors", .array(holder.descriptors.map { .number(Int($0)) })),
-                    ]))
-                })),
-                ("registrations", .array(holders.registrations.map { registration in
-                    .object(JSONObject([
-                        ("pid", .number(Int(registration.pid))), ("events", .string("\(registration.events)")),
-                        ("cooperative", .bool(registration.cooperative)),
-                    ]))
-                })),
-            ]).json
+            output = Terminal.json(HolderReport(
+                inode: found,
+                holders: holders.holders.map { .init(pid: $0.pid, command: $0.command, descriptors: $0.descriptors) },
+                registrations: holders.registrations.map {
+                    .init(pid: $0.pid, events: "\($0.events)", cooperative: $0.cooperative)
+                }))
         } else {
             var lines = ["socket:[\(found)]: \(holders.holders.count) process\(holders.holders.count == 1 ? "" : "es")"]
             lines.append("PID      COMMAND          DESCRIPTORS  EVENTS")
@@ -86,4 +77,23 @@ struct Who: ParsableCommand {
 
 extension String {
     func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
+}
+
+/// `sockshare who --json`.
+struct HolderReport: Encodable {
+    struct Holder: Encodable {
+        var pid: Int32
+        var command: String
+        var descriptors: [Int32]
+    }
+
+    struct Registration: Encodable {
+        var pid: Int32
+        var events: String
+        var cooperative: Bool
+    }
+
+    var inode: UInt64
+    var holders: [Holder]
+    var registrations: [Registration]
 }

@@ -46,6 +46,27 @@ extension SocketShareTests {
             try broker.stop()
         }
 
+        @Test func sockshareShareFindsTheBrokerNamedByTheBrokerOption() throws {
+            let broker = try BrokerProcess()
+            let target = try Helper()
+            let socket = try SocketDescriptor.listening(on: .ipv4(host: "127.0.0.1", port: 0))
+            var environment = ProcessSpawner.environment
+            environment["SOCKSHARE_BROKER"] = "/nonexistent/broker.sock"
+            let run = try ProgramRun.run(
+                Paths.sockshare, ["share", "--fd", "3", "--to", "\(target.pid)", "--via", "broker", "--broker", broker.socketPath],
+                descriptors: [3: socket.rawValue], environment: environment, timeout: .seconds(20))
+            #expect(run.status == .exited(0), "\(run.standardError)")
+            #expect(try ShareToken(text: run.standardOutput).endpoint == broker.socketPath, "--broker wins over $SOCKSHARE_BROKER")
+            // Without --broker, $SOCKSHARE_BROKER names one that is not there.
+            let missing = try ProgramRun.run(
+                Paths.sockshare, ["share", "--fd", "3", "--to", "\(target.pid)", "--via", "broker"],
+                descriptors: [3: socket.rawValue], environment: environment, timeout: .seconds(20))
+            #expect(missing.status == .exited(1) && missing.standardError.contains("no broker answers at /nonexistent/broker.sock"),
+                    "\(missing.standardError)")
+            _ = try target.finish()
+            try broker.stop()
+        }
+
         @Test func claimsAreRefusedForTheWrongProcessTwiceOrLate() async throws {
             let broker = try BrokerProcess()
             let target = try Helper()
