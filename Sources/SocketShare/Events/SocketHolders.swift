@@ -3,36 +3,36 @@ import SocketShareCore
 
 /// Who holds a socket: every process with a descriptor of it (from `/proc/*/fd`), and who holds its
 /// event registration.
-public struct SocketHolders: Sendable, Hashable {
+package struct SocketHolders: Sendable, Hashable {
     /// A process holding descriptors of the socket.
-    public struct Holder: Sendable, Hashable {
+    package struct Holder: Sendable, Hashable {
         /// Its pid.
-        public var pid: pid_t
+        package var pid: pid_t
         /// Its command name (`/proc/PID/comm`).
-        public var command: String
+        package var command: String
         /// Its descriptor numbers for the socket.
-        public var descriptors: [CInt]
+        package var descriptors: [CInt]
     }
 
     /// A registration of the socket's events.
-    public struct Registration: Sendable, Hashable {
+    package struct Registration: Sendable, Hashable {
         /// The registering process.
-        public var pid: pid_t
+        package var pid: pid_t
         /// The events registered.
-        public var events: NetworkEvents
+        package var events: NetworkEvents
         /// Whether it is cooperative.
-        public var cooperative: Bool
+        package var cooperative: Bool
     }
 
     /// The socket's inode.
-    public var inode: UInt64
+    package var inode: UInt64
     /// The processes holding it, by pid. Processes of other users are missing unless running as root.
-    public var holders: [Holder]
+    package var holders: [Holder]
     /// Its live event registrations (one, or several cooperative ones).
-    public var registrations: [Registration]
+    package var registrations: [Registration]
 
     /// Looks up the holders and registrations of the socket with `inode`.
-    public init(inode: UInt64) {
+    package init(inode: UInt64) {
         self.inode = inode
         let target = "socket:[\(inode)]"
         var holders: [Holder] = []

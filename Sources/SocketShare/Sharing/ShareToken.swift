@@ -14,7 +14,7 @@ import SocketShareCore
 /// nothing; the checksum only catches corruption.
 public struct ShareToken: Hashable, Sendable {
     /// How to redeem a token.
-    public enum Redemption: Hashable, Sendable {
+    package enum Redemption: Hashable, Sendable {
         /// Claim from the escrow holder (sharer or broker) at ``ShareToken/endpoint``, proving the secret.
         case escrow(secret: ShareSecret)
         /// Pull descriptor `descriptor` from the source process with `pidfd_getfd(2)`, then tell the
@@ -57,11 +57,11 @@ public struct ShareToken: Hashable, Sendable {
     public var endpoint: String
     /// The share's id at its holder.
     public var shareID: UInt64
-    /// How to redeem it.
-    public var redemption: Redemption
+    /// How to redeem it (the secret, or the source's descriptor number).
+    package var redemption: Redemption
 
-    /// Creates a token from its parts. Tokens normally come from `duplicate` or from decoding.
-    public init(
+    /// Creates a token from its parts; tokens come from `duplicate` or from decoding.
+    package init(
         mechanism: ShareMechanism, description: SocketDescription, source: ProcessIdentity, target: ProcessIdentity,
         createdAtMilliseconds: UInt64, expiresAtMilliseconds: UInt64, endpoint: String, shareID: UInt64,
         redemption: Redemption

@@ -6,7 +6,7 @@ extension DescriptorChannel {
     /// Sends any number of descriptors as consecutive messages of at most 252 each.
     ///
     /// The caller keeps its descriptors. An empty batch is one message with none.
-    public func sendBatch(_ descriptors: [CInt], deadline: ContinuousClock.Instant? = nil) throws(SocketShareError) {
+    package func sendBatch(_ descriptors: [CInt], deadline: ContinuousClock.Instant? = nil) throws(SocketShareError) {
         guard descriptors.count <= Int(UInt32.max) else {
             throw SocketShareError(.invalidArgument, operation: "send batch", detail: "too many descriptors")
         }
@@ -27,7 +27,7 @@ extension DescriptorChannel {
     /// - Throws: ``SocketShareError`` with code `protocolViolation` when a message does not continue
     ///   the batch, or `holderGone` when the peer closes in the middle; every descriptor received so
     ///   far is closed first.
-    public func receiveBatch(deadline: ContinuousClock.Instant? = nil) throws(SocketShareError) -> [SocketDescriptor] {
+    package func receiveBatch(deadline: ContinuousClock.Instant? = nil) throws(SocketShareError) -> [SocketDescriptor] {
         var collected: [SocketDescriptor] = []
         var expected: Int? = nil
         do throws(SocketShareError) {

@@ -12,26 +12,26 @@ import Glibc
 ///
 /// Every wait takes a deadline (nil waits forever). The socket itself stays blocking; waits use
 /// `MSG_DONTWAIT` and `poll(2)`, so a holder of another descriptor of it is not affected.
-public final class DescriptorChannel: Sendable {
+package final class DescriptorChannel: Sendable {
     /// The most descriptors one message carries (the kernel's 253, less one, as HAProxy learned on musl).
-    public static let maximumDescriptorsPerMessage = Kernel.maximumDescriptorsPerMessage
+    package static let maximumDescriptorsPerMessage = Kernel.maximumDescriptorsPerMessage
 
     /// The channel's socket.
-    public let socket: SocketDescriptor
+    package let socket: SocketDescriptor
 
     /// Wraps a connected `SOCK_SEQPACKET` Unix socket.
-    public init(_ socket: SocketDescriptor) {
+    package init(_ socket: SocketDescriptor) {
         self.socket = socket
     }
 
     /// A connected pair of channels (`socketpair(AF_UNIX, SOCK_SEQPACKET)`).
-    public static func pair() throws(SocketShareError) -> (DescriptorChannel, DescriptorChannel) {
+    package static func pair() throws(SocketShareError) -> (DescriptorChannel, DescriptorChannel) {
         let (first, second) = try SocketDescriptor.pair(kind: .seqpacket)
         return (DescriptorChannel(first), DescriptorChannel(second))
     }
 
     /// Connects to a `SOCK_SEQPACKET` listener at a Unix path.
-    public static func connect(to path: String) throws(SocketShareError) -> DescriptorChannel {
+    package static func connect(to path: String) throws(SocketShareError) -> DescriptorChannel {
         DescriptorChannel(try SocketDescriptor.connected(to: .unix(path: path), kind: .seqpacket))
     }
 
@@ -61,7 +61,7 @@ public final class DescriptorChannel: Sendable {
     }
 
     /// Closes this side of the channel; the peer's next receive sees the end.
-    public func close() throws(SocketShareError) { try socket.close() }
+    package func close() throws(SocketShareError) { try socket.close() }
 
     /// Sends one message: `bytes` (at least one byte) and up to 252 descriptors, which stay owned by
     /// the caller; the receiver gets its own copies.
@@ -71,7 +71,7 @@ public final class DescriptorChannel: Sendable {
     /// - Throws: ``SocketShareError``: `invalidArgument` for an empty message or too many descriptors,
     ///   `timedOut` when the peer does not make room by `deadline`, `system` for the kernel's errors
     ///   (`EPIPE` when the peer has closed).
-    public func send(_ bytes: [UInt8], descriptors: [CInt] = [], deadline: ContinuousClock.Instant? = nil) throws(SocketShareError) {
+    package func send(_ bytes: [UInt8], descriptors: [CInt] = [], deadline: ContinuousClock.Instant? = nil) throws(SocketShareError) {
         guard !bytes.isEmpty else {
             throw SocketShareError(.invalidArgument, operation: "send", detail: "a message needs at least one byte")
         }
@@ -99,7 +99,7 @@ public final class DescriptorChannel: Sendable {
     /// - Parameters:
     ///   - maximumBytes: The longest message accepted; a longer one is an error (its descriptors closed).
     ///   - deadline: When to give up waiting (`timedOut`).
-    public func receive(maximumBytes: Int = 65536, deadline: ContinuousClock.Instant? = nil) throws(SocketShareError) -> ChannelMessage? {
+    package func receive(maximumBytes: Int = 65536, deadline: ContinuousClock.Instant? = nil) throws(SocketShareError) -> ChannelMessage? {
         // A scratch buffer (on the stack when small), not zeroed: only what arrives is copied out.
         let result: Result<ChannelMessage?, SocketShareError> = withUnsafeTemporaryAllocation(
             byteCount: maximumBytes, alignment: 16
@@ -166,13 +166,13 @@ public final class DescriptorChannel: Sendable {
 /// ``SocketDescriptor``s, or ``closeDescriptors()`` closes them; any left when the last copy of the
 /// message goes away are closed then. Keeping them as plain numbers until asked saves an object per
 /// descriptor on the hot path of large batches.
-public struct ChannelMessage: Sendable {
+package struct ChannelMessage: Sendable {
     /// The message's bytes.
-    public var bytes: [UInt8]
+    package var bytes: [UInt8]
     private let owned: ReceivedDescriptors
 
     /// Creates a message that owns `descriptors`.
-    public init(bytes: [UInt8], descriptors: [SocketDescriptor]) {
+    package init(bytes: [UInt8], descriptors: [SocketDescriptor]) {
         self.init(bytes: bytes, raw: descriptors.map { $0.release() })
     }
 
@@ -182,14 +182,14 @@ public struct ChannelMessage: Sendable {
     }
 
     /// How many descriptors came with the message (taken or not).
-    public var descriptorCount: Int { owned.count }
+    package var descriptorCount: Int { owned.count }
 
     /// Hands the descriptors out, in the order they were sent; the caller owns them from now on.
     /// Later calls return an empty array.
-    public func takeDescriptors() -> [SocketDescriptor] { owned.take() }
+    package func takeDescriptors() -> [SocketDescriptor] { owned.take() }
 
     /// Closes every descriptor the message still owns.
-    public func closeDescriptors() { owned.close() }
+    package func closeDescriptors() { owned.close() }
 }
 
 /// The descriptors of a received message, as numbers, until taken or closed.

@@ -12,6 +12,7 @@ public struct SocketShareError: Error, Sendable, Hashable, CustomStringConvertib
 
         package init(_ rawValue: String) { self.rawValue = rawValue }
 
+        /// The code's name.
         public var description: String { rawValue }
 
         /// A system call failed; ``SocketShareError/errno`` says how.
@@ -52,6 +53,7 @@ public struct SocketShareError: Error, Sendable, Hashable, CustomStringConvertib
 
         package init(_ rawValue: String) { self.rawValue = rawValue }
 
+        /// The cause's name.
         public var description: String { rawValue }
 
         /// The kernel cut descriptors off a received message (`MSG_CTRUNC`): the receiver has no

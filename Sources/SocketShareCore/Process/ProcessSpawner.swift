@@ -9,7 +9,7 @@ import Glibc
 /// every other descriptor from the lowest unused number up is closed
 /// (`posix_spawn_file_actions_addclosefrom_np`), all signal dispositions are reset to their
 /// defaults (`POSIX_SPAWN_SETSIGDEF`) and the signal mask is emptied.
-public enum ProcessSpawner {
+package enum ProcessSpawner {
     /// Starts `executable` (a path, or a name looked up in `PATH`).
     ///
     /// - Parameters:
@@ -19,7 +19,7 @@ public enum ProcessSpawner {
     ///   - descriptors: Child descriptor number → this process's descriptor to place there. Numbers
     ///     0, 1 and 2 not named here are inherited as they are; every other descriptor is closed.
     /// - Returns: The running child. The caller's descriptors are untouched.
-    public static func spawn(
+    package static func spawn(
         _ executable: String, arguments: [String] = [], environment: [String: String]? = nil,
         descriptors: [CInt: CInt] = [:]
     ) throws(SocketShareError) -> ChildProcess {
@@ -77,7 +77,7 @@ public enum ProcessSpawner {
 
     /// The path `posix_spawnp` would run for `name`: itself when it contains a `/`, else the first
     /// executable file of that name in `$PATH`; nil when there is none.
-    public static func resolveExecutable(_ name: String) -> String? {
+    package static func resolveExecutable(_ name: String) -> String? {
         func runnable(_ path: String) -> Bool {
             guard access(path, X_OK) == 0, let info = try? Kernel.linkStatus(path) else { return false }
             return info.st_mode & S_IFMT != S_IFDIR
@@ -103,7 +103,7 @@ public enum ProcessSpawner {
     }
 
     /// This process's environment as a dictionary, to edit and pass to ``spawn(_:arguments:environment:descriptors:)``.
-    public static var environment: [String: String] {
+    package static var environment: [String: String] {
         var result: [String: String] = [:]
         for entry in currentEnvironment() {
             guard let equals = entry.firstIndex(of: "=") else { continue }
@@ -120,16 +120,16 @@ public enum ProcessSpawner {
 }
 
 /// A process started by ``ProcessSpawner``.
-public final class ChildProcess: Sendable {
+package final class ChildProcess: Sendable {
     /// How a process ended.
-    public enum Termination: Hashable, Sendable, CustomStringConvertible {
+    package enum Termination: Hashable, Sendable, CustomStringConvertible {
         /// It called `exit` with this status.
         case exited(CInt)
         /// A signal ended it.
         case signaled(CInt)
 
         /// `exit status 0`, `killed by signal 9`.
-        public var description: String {
+        package var description: String {
             switch self {
             case .exited(let code): "exit status \(code)"
             case .signaled(let signal): "killed by signal \(signal)"
@@ -138,7 +138,7 @@ public final class ChildProcess: Sendable {
     }
 
     /// The child's pid. It stays reserved for the child until ``wait(deadline:)`` reaps it.
-    public let pid: pid_t
+    package let pid: pid_t
     /// A pidfd of the child, which polls readable once it has exited: what a wait with a deadline
     /// waits on. Nil where `pidfd_open` is refused; such a wait then polls `waitpid` every 2 ms.
     private let pidfd: CInt?
@@ -154,14 +154,14 @@ public final class ChildProcess: Sendable {
     }
 
     /// Sends a signal (`kill(2)`).
-    public func signal(_ number: CInt) throws(SocketShareError) {
+    package func signal(_ number: CInt) throws(SocketShareError) {
         try Kernel.signal(pid, number)
     }
 
     /// Waits for the child to end and reaps it.
     ///
     /// - Returns: How it ended, or nil when `deadline` passed first (the child is left running).
-    public func wait(deadline: ContinuousClock.Instant? = nil) throws(SocketShareError) -> Termination? {
+    package func wait(deadline: ContinuousClock.Instant? = nil) throws(SocketShareError) -> Termination? {
         while true {
             var status: CInt = 0
             let result = waitpid(pid, &status, deadline == nil ? 0 : WNOHANG)

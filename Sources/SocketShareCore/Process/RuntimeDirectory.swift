@@ -9,20 +9,20 @@ import Glibc
 ///
 /// The default is, in order: `$SOCKSHARE_RUNTIME_DIR`; `$XDG_RUNTIME_DIR/sockshare`;
 /// `/run/sockshare` for root; `/tmp/sockshare-UID`.
-public struct RuntimeDirectory: Sendable, Hashable, CustomStringConvertible {
+package struct RuntimeDirectory: Sendable, Hashable, CustomStringConvertible {
     /// The directory's path.
-    public let path: String
+    package let path: String
 
     /// The default directory for this process (see the type's documentation), created if missing.
     ///
     /// - Throws: ``SocketShareError`` with code `permissionDenied` when the directory exists but is
     ///   not ours or is open to others.
-    public static func standard() throws(SocketShareError) -> RuntimeDirectory {
+    package static func standard() throws(SocketShareError) -> RuntimeDirectory {
         try RuntimeDirectory(preparing: standardPath)
     }
 
     /// The default path, without creating or checking anything.
-    public static var standardPath: String {
+    package static var standardPath: String {
         if let explicit = environment("SOCKSHARE_RUNTIME_DIR"), !explicit.isEmpty { return explicit }
         if let xdg = environment("XDG_RUNTIME_DIR"), !xdg.isEmpty { return xdg + "/sockshare" }
         if geteuid() == 0 { return "/run/sockshare" }
@@ -34,7 +34,7 @@ public struct RuntimeDirectory: Sendable, Hashable, CustomStringConvertible {
     ///
     /// The directory must be a real directory (not a symbolic link), owned by this process's
     /// effective uid, and closed to others; with `group`, it must belong to that group.
-    public init(preparing path: String, group: gid_t? = nil) throws(SocketShareError) {
+    package init(preparing path: String, group: gid_t? = nil) throws(SocketShareError) {
         guard path.hasPrefix("/") else {
             throw SocketShareError(.invalidArgument, operation: "runtime directory", detail: "\(path): not an absolute path")
         }
@@ -84,10 +84,10 @@ public struct RuntimeDirectory: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// The path of an entry in the directory.
-    public func appending(_ name: String) -> String { path + "/" + name }
+    package func appending(_ name: String) -> String { path + "/" + name }
 
     /// The directory's path.
-    public var description: String { path }
+    package var description: String { path }
 
     package static func environment(_ name: String) -> String? {
         getenv(name).map { String(cString: $0) }

@@ -3,9 +3,9 @@ import Glibc
 /// The systemd socket-activation protocol, from the receiving side: descriptors 3… given to this
 /// process, `LISTEN_FDS` of them, named by `LISTEN_FDNAMES`, valid only when `LISTEN_PID` is this
 /// process's pid (otherwise they were meant for an ancestor and are ignored, as sd_listen_fds does).
-public enum SystemdListeners {
+package enum SystemdListeners {
     /// The first descriptor number (`SD_LISTEN_FDS_START`).
-    public static let firstDescriptor: CInt = 3
+    package static let firstDescriptor: CInt = 3
 
     /// The listeners passed to this process, with their names; empty when none were.
     ///
@@ -14,7 +14,7 @@ public enum SystemdListeners {
     ///
     /// - Throws: ``SocketShareError`` with code `invalidArgument` when `LISTEN_FDS` is not a number
     ///   or names descriptors that are not open.
-    public static func inherited() throws(SocketShareError) -> [(name: String, socket: SocketDescriptor)] {
+    package static func inherited() throws(SocketShareError) -> [(name: String, socket: SocketDescriptor)] {
         defer {
             unsetenv("LISTEN_FDS")
             unsetenv("LISTEN_PID")
@@ -44,7 +44,7 @@ public enum SystemdListeners {
     /// The environment entries that pass `names.count` listeners at 3… to a child: `LISTEN_FDS` and
     /// `LISTEN_FDNAMES`. `LISTEN_PID` must be the child's own pid, which only the child knows: see
     /// ``ProcessSpawner/spawn(_:arguments:environment:descriptors:)`` callers in ``Supervisor``.
-    public static func environment(names: [String]) -> [String: String] {
+    package static func environment(names: [String]) -> [String: String] {
         ["LISTEN_FDS": "\(names.count)", "LISTEN_FDNAMES": names.joined(separator: ":")]
     }
 }

@@ -6,25 +6,25 @@ import Glibc
 ///
 /// Workers say `READY=1` when they serve; `sockshare serve` itself tells its own service manager
 /// `READY=1`, `RELOADING=1`, `STOPPING=1`, `STATUS=…` and, after an upgrade, `MAINPID=`.
-public struct SystemdNotifier: Sendable {
+package struct SystemdNotifier: Sendable {
     /// The socket's address as `$NOTIFY_SOCKET` gives it.
-    public let address: String
+    package let address: String
 
     /// A notifier for `$NOTIFY_SOCKET`, or nil when it is not set.
-    public static func fromEnvironment() -> SystemdNotifier? {
+    package static func fromEnvironment() -> SystemdNotifier? {
         guard let address = RuntimeDirectory.environment("NOTIFY_SOCKET"), !address.isEmpty else { return nil }
         return SystemdNotifier(address: address)
     }
 
     /// A notifier for `address` (a path, or `@abstract`).
-    public init(address: String) {
+    package init(address: String) {
         self.address = address
     }
 
     /// Sends `state` (e.g. `"READY=1\nSTATUS=serving"`) as one datagram.
     ///
     /// - Throws: ``SocketShareError`` when the socket cannot be reached.
-    public func notify(_ state: String) throws(SocketShareError) {
+    package func notify(_ state: String) throws(SocketShareError) {
         let socket = try SocketDescriptor.socket(.unix, .datagram)
         defer { try? socket.close() }
         let target: SocketAddress = address.hasPrefix("@")
@@ -39,7 +39,7 @@ public struct SystemdNotifier: Sendable {
     }
 
     /// Parses a notification into its `KEY=value` pairs (later keys win).
-    public static func parse(_ bytes: [UInt8]) -> [String: String] {
+    package static func parse(_ bytes: [UInt8]) -> [String: String] {
         var fields: [String: String] = [:]
         for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
             guard let equals = line.firstIndex(of: "=") else { continue }

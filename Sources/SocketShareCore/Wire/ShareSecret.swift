@@ -1,21 +1,21 @@
 /// The 128-bit random secret that lets the target claim an escrowed share.
 ///
 /// Its description never shows the value; it is compared in constant time.
-public struct ShareSecret: Hashable, Sendable, CustomStringConvertible {
+package struct ShareSecret: Hashable, Sendable, CustomStringConvertible {
     /// The secret's length in bytes.
-    public static let byteCount = 16
+    package static let byteCount = 16
 
     /// The secret's bytes.
-    public let bytes: [UInt8]
+    package let bytes: [UInt8]
 
     /// Wraps exactly ``byteCount`` bytes.
-    public init?(bytes: [UInt8]) {
+    package init?(bytes: [UInt8]) {
         guard bytes.count == Self.byteCount else { return nil }
         self.bytes = bytes
     }
 
     /// A new secret from the system's cryptographically secure generator (`getrandom(2)`).
-    public static func random() -> ShareSecret {
+    package static func random() -> ShareSecret {
         // One getrandom(2) per 8 bytes, rather than one per byte.
         var generator = SystemRandomNumberGenerator()
         var bytes = [UInt8](repeating: 0, count: byteCount)
@@ -28,15 +28,15 @@ public struct ShareSecret: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Constant-time equality, so response timing does not reveal how much of a guess was right.
-    public static func == (lhs: ShareSecret, rhs: ShareSecret) -> Bool {
+    package static func == (lhs: ShareSecret, rhs: ShareSecret) -> Bool {
         guard lhs.bytes.count == rhs.bytes.count else { return false }
         var difference: UInt8 = 0
         for index in lhs.bytes.indices { difference |= lhs.bytes[index] ^ rhs.bytes[index] }
         return difference == 0
     }
 
-    public func hash(into hasher: inout Hasher) { hasher.combine(bytes) }
+    package func hash(into hasher: inout Hasher) { hasher.combine(bytes) }
 
     /// Always `<secret>`.
-    public var description: String { "<secret>" }
+    package var description: String { "<secret>" }
 }

@@ -1,8 +1,9 @@
-/// Talks to a running `sockshare serve` over its control socket (`docs/SERVE.md`).
 import Glibc
 import SocketShare
 import SocketShareCore
 
+/// Talks to a running ``Supervisor`` (`sockshare serve`) over its control socket (`docs/SERVE.md`):
+/// status, reload, upgrade.
 public struct SupervisorClient: Sendable {
     /// The control socket's path.
     public var controlPath: String
@@ -24,17 +25,17 @@ public struct SupervisorClient: Sendable {
     /// back (then it throws, with the reason).
     ///
     /// - Parameter deadline: How long the new generation has to become ready; nil: the supervisor's default.
-    public func reload(deadline: Duration? = nil) throws(SocketShareError) -> ControlAnswer {
+    public func reload(deadline: Duration? = nil) throws(SocketShareError) -> Answer {
         try conclude("reload", deadline: deadline)
     }
 
     /// Hands the supervisor over to `binary` (nil: the binary it runs) and returns once the new
     /// supervisor serves, or once the attempt has been rolled back (then it throws).
-    public func upgrade(binary: String? = nil, deadline: Duration? = nil) throws(SocketShareError) -> ControlAnswer {
+    public func upgrade(binary: String? = nil, deadline: Duration? = nil) throws(SocketShareError) -> Answer {
         try conclude("upgrade", deadline: deadline, argument: binary)
     }
 
-    private func conclude(_ command: String, deadline: Duration?, argument: String? = nil) throws(SocketShareError) -> ControlAnswer {
+    private func conclude(_ command: String, deadline: Duration?, argument: String? = nil) throws(SocketShareError) -> Answer {
         var text = command
         let seconds = deadline.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
         if let seconds { text += " \(seconds)" } else if argument != nil { text += " 0" }
