@@ -1,34 +1,36 @@
-import base64, socket, struct, sys, zlib
+import base64, os, socket, struct, sys, zlib
+
+FAMILIES = {1: socket.AF_INET, 2: socket.AF_INET6, 3: socket.AF_UNIX}
+TYPES = {1: socket.SOCK_STREAM, 2: socket.SOCK_DGRAM, 3: socket.SOCK_SEQPACKET}
 
 def decode(text):
     raw = base64.urlsafe_b64decode(text.strip().removeprefix("sks1.") + "==")
     body, (crc,) = raw[:-4], struct.unpack("!I", raw[-4:])
     assert raw[0] == 1 and zlib.crc32(body) == crc, "not a version-1 token"
+    mechanism, family, kind = raw[1], FAMILIES[raw[2]], TYPES[raw[3]]
     inode = struct.unpack_from("!Q", raw, 9)[0]
     share_id, length = struct.unpack_from("!QB", raw, 57)
     endpoint = raw[66:66 + length].decode()
     secret = raw[66 + length:66 + length + 16]
-    return raw[1], inode, share_id, endpoint, secret
+    return mechanism, family, kind, inode, share_id, endpoint, secret
 
 def claim(text):
-    mechanism, inode, share_id, endpoint, secret = decode(text)
+    mechanism, family, kind, inode, share_id, endpoint, secret = decode(text)
     assert mechanism in (1, 3), "sharer and broker tokens are claimed; pidfd tokens are pulled"
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
         s.connect(endpoint)
         s.send(struct.pack("!BBQ", 1, 0x01, share_id) + secret)
-        data, fds, flags, _ = socket.recv_fds(s, 4096, 1, socket.MSG_CMSG_CLOEXEC)
+        data, fds, flags, _ = socket.recv_fds(s, 65536, 1, socket.MSG_CMSG_CLOEXEC)
         if data[1] == 0xFF:
-            for fd in fds: socket.close(fd)
+            for fd in fds: os.close(fd)
             code, = struct.unpack_from("!H", data, 2)
             raise SystemExit(f"claim failed: {data[4:].decode()} (code {code})")
         sock = socket.socket(fileno=fds[0])
-        assert os_inode(sock) == inode, "not the socket the token names"
-        s.send(struct.pack("!BBQ", 1, 0x02, share_id))  # acknowledge
+        if (os.fstat(sock.fileno()).st_ino, sock.family, sock.type) != (inode, family, kind):
+            sock.close()  # not the socket the token names: close it and do not acknowledge
+            raise SystemExit("claim failed: the holder sent another socket than the token names")
+        s.send(struct.pack("!BBQ", 1, 0x02, share_id))  # acknowledge; no reply comes
         return sock
-
-def os_inode(sock):
-    import os
-    return os.fstat(sock.fileno()).st_ino
 
 if __name__ == "__main__":
     sock = claim(sys.stdin.readline())
