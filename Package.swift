@@ -125,7 +125,7 @@ let package = Package(
         // Whole-process benchmarks against same-run references (Benchmarks/README.md).
         .executableTarget(
             name: "sockshare-bench",
-            dependencies: ["SocketShare", "SocketShareCore", "SocketShareServer"],
+            dependencies: ["SocketShare", "SocketShareCore", "SocketShareServer", "CSocketShare"],
             path: "Benchmarks/Sources/sockshare-bench"
         ),
         .testTarget(

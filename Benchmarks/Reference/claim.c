@@ -6,7 +6,10 @@
  *   claim COUNT safe     the same checks as SocketShare's broker and claimant, in C: the holder reads
  *                        the claimant's SO_PEERCRED and SO_PEERPIDFD (and the pidfd's pidfs inode),
  *                        compares the secret, sends the descriptor and waits for the acknowledgement;
- *                        the client checks what arrived (fstat, SO_DOMAIN, SO_TYPE) and acknowledges. */
+ *                        the client checks what arrived (fstat, SO_DOMAIN, SO_TYPE) and acknowledges.
+ *   claim COUNT [safe] pin
+ *                        the holder on CPU 0, the client on CPU 1, as `sockshare-bench roundtrip --pin`
+ *                        places its processes: every exchange crosses CPUs, the same way each run. */
 #include "common.h"
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -16,7 +19,11 @@
 
 int main(int argc, char **argv) {
     int count = argc > 1 ? atoi(argv[1]) : 20000;
-    int safe = argc > 2 && strcmp(argv[2], "safe") == 0;
+    int safe = 0, pin = 0;
+    for (int k = 2; k < argc; k++) {
+        if (strcmp(argv[k], "safe") == 0) safe = 1;
+        if (strcmp(argv[k], "pin") == 0) pin = 1;
+    }
     struct sockaddr_un address = {.sun_family = AF_UNIX};
     snprintf(address.sun_path, sizeof(address.sun_path), "/tmp/sockshare-claim-%d.sock", getpid());
     int listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
@@ -25,6 +32,7 @@ int main(int argc, char **argv) {
     int held = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     pid_t holder = fork();
     if (holder == 0) {
+        if (pin) pin_to(0);
         char request[64];
         for (;;) {
             int connection = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
@@ -58,6 +66,7 @@ int main(int argc, char **argv) {
         }
     }
     close(listener);
+    if (pin) pin_to(1);
     uint64_t *samples = malloc(sizeof(uint64_t) * count);
     char claim[26] = {1, 1};  /* version 1, claim; share id and a zero secret */
     for (int i = 0; i < count + 200; i++) {

@@ -1,5 +1,6 @@
 /* Shared helpers of the C reference programs: time, statistics, descriptor passing. */
 #define _GNU_SOURCE
+#include <sched.h>
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -8,6 +9,14 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+/* Runs the calling process (and what it forks afterwards) on CPU `cpu` only. */
+static inline void pin_to(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    sched_setaffinity(0, sizeof set, &set);
+}
 
 static inline uint64_t now_ns(void) {
     struct timespec t;

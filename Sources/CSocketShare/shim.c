@@ -3,6 +3,10 @@
 #include <pthread.h>
 #include <spawn.h>
 #include <string.h>
+#include <errno.h>
+#include <sched.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/vfs.h>
 #include <sys/socket.h>
@@ -105,4 +109,30 @@ int cs_name_thread(const char *name) {
     strncpy(short_name, name, sizeof(short_name) - 1);
     short_name[sizeof(short_name) - 1] = 0;
     return pthread_setname_np(pthread_self(), short_name);
+}
+
+/* struct pidfd_info as of Linux 6.13 (its first version, 64 bytes); the kernel takes the size from
+ * the ioctl number, so later kernels answer this layout too. */
+struct cs_pidfd_info {
+    uint64_t mask;
+    uint64_t cgroupid;
+    uint32_t pid, tgid, ppid, ruid, rgid, euid, egid, suid, sgid, fsuid, fsgid;
+    uint32_t spare0[1];
+};
+
+int cs_pidfd_euid(int pidfd, uid_t *euid) {
+    struct cs_pidfd_info info;
+    memset(&info, 0, sizeof info);
+    info.mask = 1UL << 1; /* PIDFD_INFO_CREDS */
+    if (ioctl(pidfd, _IOWR(0xFF, 11, struct cs_pidfd_info), &info) != 0) return -1;
+    if (!(info.mask & (1UL << 1))) { errno = ENOTTY; return -1; }
+    *euid = info.euid;
+    return 0;
+}
+
+int cs_pin_to_cpu(pid_t pid, int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return sched_setaffinity(pid, sizeof set, &set);
 }

@@ -27,7 +27,7 @@
 //     processes' open descriptors and resident memory 11 times (at 0, 10%, … 100%). Prints the
 //     samples and "flat: yes" when the descriptor counts never moved after the first cycle.
 //
-//   sockshare-bench roundtrip [--count N] [--via sharer|pidfd]
+//   sockshare-bench roundtrip [--count N] [--via sharer|pidfd] [--pin]
 //     share/adopt round trip between two processes: the source duplicates a socket for the target,
 //     passes the token on a socketpair, the target adopts it, closes it and says "done".
 //     Reference: the same two processes passing the descriptor itself with SCM_RIGHTS and "done".
@@ -35,6 +35,7 @@
 // Run a release build: swift build -c release && .build/release/sockshare-bench roundtrip
 
 import Glibc
+import CSocketShare
 import SocketShare
 import Synchronization
 
@@ -49,6 +50,8 @@ struct Arguments {
     var seconds = 10.0
     var countGiven = false
     var perMessage = 1
+    /// roundtrip: the source (and its holder thread) on CPU 0, the target on CPU 1.
+    var pin = false
 
     init(_ words: [String]) {
         var words = words[...]
@@ -65,6 +68,7 @@ struct Arguments {
             case "--per-message": perMessage = Int(words.popFirst() ?? "") ?? perMessage
             case "--threads": threads = Int(words.popFirst() ?? "") ?? threads
             case "--seconds": seconds = Double(words.popFirst() ?? "") ?? seconds
+            case "--pin": pin = true
             default:
                 FileHandle.standardError("sockshare-bench: unknown argument \(word)")
                 exit(64)
@@ -170,8 +174,17 @@ func runCycles(_ arguments: Arguments) throws {
     if !flat { exit(1) }
 }
 
+/// Runs process `pid` (0: this one, and the threads it starts from now on) on CPU `cpu` only.
+func pin(_ pid: pid_t, to cpu: CInt) {
+    _ = cs_pin_to_cpu(pid, cpu)
+}
+
 func runRoundTrip(_ arguments: Arguments) throws {
+    // Pinned, every hop crosses CPUs the same way in every run; unpinned, the scheduler's placement
+    // makes the figures bimodal (a hop on one CPU costs a fifth of one across two).
+    if arguments.pin { pin(0, to: 0) }
     let (target, channel) = try spawnTarget()
+    if arguments.pin { pin(target.pid, to: 1) }
     let socket = try SocketDescriptor.listening(on: .ipv4(host: "127.0.0.1", port: 0))
 
     func measure(_ step: () throws -> Void) throws -> [Double] {
@@ -200,7 +213,8 @@ func runRoundTrip(_ arguments: Arguments) throws {
     func line(_ name: String, _ samples: [Double]) -> String {
         "| \(name) | \(String(format: percentile(samples, 0.5))) | \(String(format: percentile(samples, 0.99))) |"
     }
-    print("share/adopt round trip between two processes, \(arguments.count) samples, via \(arguments.via)")
+    print("share/adopt round trip between two processes, \(arguments.count) samples, via \(arguments.via)"
+        + (arguments.pin ? ", source and holder on CPU 0, target on CPU 1" : ", unpinned"))
     print("| what | p50 µs | p99 µs |")
     print("|---|---:|---:|")
     print(line("duplicate + token over IPC + adopt (claim, SCM_RIGHTS, ack) + close", ours))

@@ -78,4 +78,12 @@ int cs_name_thread(const char *name);
 /// prctl(PR_SET_PTRACER, pid): lets `pid` ptrace (and pidfd_getfd from) this process under Yama scope 1.
 int cs_set_ptracer(pid_t pid);
 
+/// Runs process `pid` (0: the caller) on CPU `cpu` only (`sched_setaffinity`, a GNU call). For
+/// benchmarks that must place their processes the same way in every run.
+int cs_pin_to_cpu(pid_t pid, int cpu);
+
+/// The effective uid of the process behind `pidfd` (`ioctl(PIDFD_GET_INFO)`, Linux 6.13+).
+/// Returns 0, or -1 with errno (ENOTTY or EINVAL on older kernels, ESRCH once it has exited).
+int cs_pidfd_euid(int pidfd, uid_t *euid);
+
 #endif

@@ -74,8 +74,8 @@ extension EscrowHolder {
                 self.lingerTimer = nil
             }
             armDeadline(of: connection)
-            // A claimant sends its request right after connecting: serve it now rather than after
-            // another trip through epoll.
+            // A claimant sends its request right after connecting: serve it now if it is here
+            // rather than after another trip through epoll.
             serve(connection)
         }
     }

@@ -23,7 +23,9 @@ package enum ShareClaim {
         }
         FaultPoint.reached("claim.afterRequest")
         guard let reply = try io({ () throws(SocketShareError) in
-            try channel.receive(maximumBytes: EscrowMessage.maximumRequestLength, deadline: deadline)
+            // The answer takes the holder a wake-up: wait for it first, then read it once.
+            try channel.waitUntil(POLLIN, deadline: deadline, operation: "receive")
+            return try channel.receive(maximumBytes: EscrowMessage.maximumRequestLength, deadline: deadline)
         }) else {
             throw SocketShareError(.holderGone, operation: "claim", detail: "the holder closed the connection without answering")
         }

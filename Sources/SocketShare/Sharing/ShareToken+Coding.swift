@@ -145,9 +145,10 @@ extension ShareToken {
     }
 
     private static func readProcess(_ reader: inout ByteReader, _ role: String) throws(SocketShareError) -> ProcessIdentity {
-        let pid: UInt32 = try reader.read(field: "\(role)Pid")
+        // Field names are built only for an error: decoding runs on every claim.
+        let pid: UInt32 = try reader.read(field: role == "source" ? "sourcePid" : "targetPid")
         guard pid > 0, pid <= UInt32(Int32.max) else { throw reader.invalid("\(role)Pid", "\(pid) is not a process id") }
-        let start: UInt64 = try reader.read(field: "\(role)StartTime")
+        let start: UInt64 = try reader.read(field: role == "source" ? "sourceStartTime" : "targetStartTime")
         return ProcessIdentity(pid: pid_t(pid), startTime: start)
     }
 }

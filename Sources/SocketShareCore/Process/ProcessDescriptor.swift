@@ -51,6 +51,19 @@ package final class ProcessDescriptor: Sendable {
 
     deinit { try? Kernel.close(rawValue) }
 
+    /// The process's effective uid: asked of the pidfd (`PIDFD_GET_INFO`, Linux 6.13+), else read
+    /// from `/proc/PID/status`.
+    ///
+    /// - Throws: ``SocketShareError`` with code `invalidArgument` when the process has exited.
+    package func effectiveUserID() throws(SocketShareError) -> uid_t {
+        var euid: uid_t = 0
+        if cs_pidfd_euid(rawValue, &euid) == 0 { return euid }
+        if errno == ESRCH {
+            throw SocketShareError(.invalidArgument, operation: "identify process", detail: "pid \(identity.pid) exited")
+        }
+        return try ProcessIdentity.effectiveUserID(of: identity.pid)
+    }
+
     /// Whether the process has exited (the pidfd polls readable once it has).
     package var hasExited: Bool { Kernel.hasExited(pidfd: rawValue) }
 

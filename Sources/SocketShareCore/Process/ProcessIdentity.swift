@@ -66,10 +66,16 @@ public struct ProcessIdentity: Hashable, Sendable, CustomStringConvertible {
     package static func effectiveUserID(of pid: pid_t) throws(SocketShareError) -> uid_t {
         let bytes = try procFile(pid, "status")
         // The line reads "Uid:\treal\teffective\tsaved\tfs" and is never the first one.
-        if let found = bytes.firstRange(of: Array("\nUid:".utf8)) {
-            let line = bytes[found.upperBound...].prefix { $0 != UInt8(ascii: "\n") }
-            let values = line.split(whereSeparator: { $0 == UInt8(ascii: "\t") || $0 == UInt8(ascii: " ") })
-            if values.count >= 2, let uid = UInt32(String(decoding: values[1], as: UTF8.self)) { return uid }
+        let key = Array("\nUid:".utf8)
+        var index = 0
+        while index + key.count <= bytes.count {
+            if bytes[index] == key[0], bytes[index..<(index + key.count)].elementsEqual(key) {
+                let line = bytes[(index + key.count)...].prefix { $0 != UInt8(ascii: "\n") }
+                let values = line.split(whereSeparator: { $0 == UInt8(ascii: "\t") || $0 == UInt8(ascii: " ") })
+                if values.count >= 2, let uid = UInt32(String(decoding: values[1], as: UTF8.self)) { return uid }
+                break
+            }
+            index += 1
         }
         throw SocketShareError(.system, operation: "identify process", detail: "/proc/\(pid)/status has no Uid line")
     }

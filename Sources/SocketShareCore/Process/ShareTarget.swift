@@ -27,7 +27,7 @@ package struct ShareTarget: Hashable, Sendable {
                 .invalidArgument, operation: "resolve target",
                 detail: "\(expected) has exited; pid \(pid) now names a process started at tick \(process.identity.startTime)")
         }
-        let uid = try ProcessIdentity.effectiveUserID(of: pid)
+        let uid = try process.effectiveUserID()
         return ShareTarget(identity: process.identity, uid: uid, uniqueInode: process.uniqueInode)
     }
 

@@ -11,6 +11,7 @@ package enum Base64URL {
     }()
 
     package static func encode(_ bytes: [UInt8]) -> String {
+        let alphabet = Self.alphabet
         var output: [UInt8] = []
         output.reserveCapacity((bytes.count * 4 + 2) / 3)
         var index = 0
@@ -34,13 +35,25 @@ package enum Base64URL {
     }
 
     /// Decodes `text`, or returns a reason it is not canonical unpadded base64url.
-    package static func decode(_ text: some Collection<UInt8>) -> Result<[UInt8], Failure> {
+    package static func decode(_ text: [UInt8]) -> Result<[UInt8], Failure> {
+        text.withUnsafeBufferPointer { decode($0) }
+    }
+
+    /// Decodes `text`, or returns a reason it is not canonical unpadded base64url.
+    package static func decode(_ text: ArraySlice<UInt8>) -> Result<[UInt8], Failure> {
+        text.withUnsafeBufferPointer { decode($0) }
+    }
+
+    /// Decodes `text`; a concrete loop (a generic one across modules costs a metadata lookup a byte).
+    package static func decode(_ text: UnsafeBufferPointer<UInt8>) -> Result<[UInt8], Failure> {
         if text.count % 4 == 1 { return .failure(.badLength(text.count)) }
         var output: [UInt8] = []
         output.reserveCapacity(text.count * 3 / 4)
         var accumulator: UInt32 = 0
         var bits = 0
-        for (position, character) in text.enumerated() {
+        let values = Self.values
+        for position in 0..<text.count {
+            let character = text[position]
             let value = values[Int(character)]
             if value < 0 { return .failure(.badCharacter(position: position, character)) }
             accumulator = accumulator << 6 | UInt32(value)

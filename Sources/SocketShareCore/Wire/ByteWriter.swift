@@ -1,13 +1,15 @@
 /// Builds big-endian (network order) binary messages and tokens.
 package struct ByteWriter {
     /// The bytes written so far.
-    package private(set) var bytes: [UInt8] = []
+    @usableFromInline package internal(set) var bytes: [UInt8] = []
 
     package init(capacity: Int = 64) { bytes.reserveCapacity(capacity) }
 
-    package mutating func write(_ value: UInt8) { bytes.append(value) }
+    @inlinable package mutating func write(_ value: UInt8) { bytes.append(value) }
 
-    package mutating func write<T: FixedWidthInteger & UnsignedInteger>(_ value: T) {
+    // Inlinable, so that callers in other modules get it specialized: a generic call across
+    // modules costs a metadata lookup per field, and tokens are encoded on every share.
+    @inlinable package mutating func write<T: FixedWidthInteger & UnsignedInteger>(_ value: T) {
         withUnsafeBytes(of: value.bigEndian) { bytes.append(contentsOf: $0) }
     }
 
@@ -30,9 +32,9 @@ package struct ByteWriter {
 /// Reads big-endian binary input strictly: every read names its field, and a short input is an error
 /// naming the field it cut off, never a crash.
 package struct ByteReader {
-    private let bytes: [UInt8]
+    @usableFromInline let bytes: [UInt8]
     /// The offset of the next byte to read.
-    package private(set) var offset: Int = 0
+    @usableFromInline package internal(set) var offset: Int = 0
     /// What is being decoded, for error messages: `"decode token"`, `"decode message"`.
     package let operation: String
 
@@ -42,9 +44,10 @@ package struct ByteReader {
     }
 
     /// Bytes not read yet.
-    package var remaining: Int { bytes.count - offset }
+    @inlinable package var remaining: Int { bytes.count - offset }
 
-    package mutating func read<T: FixedWidthInteger & UnsignedInteger>(_ type: T.Type = T.self, field: String) throws(SocketShareError) -> T {
+    // Inlinable for the same reason as ``ByteWriter/write(_:)-(T)``: decoding runs on every claim.
+    @inlinable package mutating func read<T: FixedWidthInteger & UnsignedInteger>(_ type: T.Type = T.self, field: String) throws(SocketShareError) -> T {
         let size = MemoryLayout<T>.size
         guard remaining >= size else { throw truncated(field, needing: size) }
         var value: T = 0
@@ -88,7 +91,7 @@ package struct ByteReader {
         SocketShareError(.malformed, operation: operation, detail: "field \(field): \(why)")
     }
 
-    private func truncated(_ field: String, needing count: Int) -> SocketShareError {
+    @usableFromInline func truncated(_ field: String, needing count: Int) -> SocketShareError {
         SocketShareError(
             .malformed, operation: operation,
             detail: "field \(field): input ends at byte \(bytes.count), \(count) more bytes needed (truncated?)")

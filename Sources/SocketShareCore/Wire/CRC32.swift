@@ -7,7 +7,17 @@ package enum CRC32 {
         return value
     }
 
-    package static func checksum(_ bytes: some Sequence<UInt8>) -> UInt32 {
+    package static func checksum(_ bytes: [UInt8]) -> UInt32 {
+        bytes.withUnsafeBufferPointer { checksum($0) }
+    }
+
+    package static func checksum(_ bytes: ArraySlice<UInt8>) -> UInt32 {
+        bytes.withUnsafeBufferPointer { checksum($0) }
+    }
+
+    /// A concrete loop: a generic one across modules costs a metadata lookup a byte.
+    package static func checksum(_ bytes: UnsafeBufferPointer<UInt8>) -> UInt32 {
+        let table = Self.table
         var crc: UInt32 = 0xFFFF_FFFF
         for byte in bytes { crc = table[Int((crc ^ UInt32(byte)) & 0xFF)] ^ (crc >> 8) }
         return crc ^ 0xFFFF_FFFF
