@@ -29,10 +29,14 @@ struct Bind: ParsableCommand {
     @Flag(help: "Print the bound address (port filled in) on stdout before running COMMAND.")
     var print = false
 
+    @Option(help: ArgumentHelp("The name put in LISTEN_FDNAMES (default: listener).", valueName: "NAME"))
+    var name: String?
+
     @OptionGroup var activation: SocketActivation
 
     func validate() throws {
         guard backlog > 0 else { throw ValidationError("--backlog \(backlog): expected a number > 0") }
+        if let name { try ListenNames.validate(name, option: "--name") }
         do {
             _ = try SocketEndpoint(parsing: address)
         } catch {
@@ -49,6 +53,6 @@ struct Bind: ParsableCommand {
         if print {
             try Terminal.run { () throws(SocketShareError) in try Terminal.line(bound.description) }
         }
-        try activation.exec(socket, defaultName: "listener", environment: ["SOCKSHARE_BOUND": bound.description])
+        try activation.exec(socket, name: name ?? "listener", environment: ["SOCKSHARE_BOUND": bound.description])
     }
 }

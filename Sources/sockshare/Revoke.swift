@@ -6,23 +6,43 @@ struct Revoke: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Revoke a share held by the broker: its duplicate is closed and its token refused.",
         discussion: """
-            Takes the token (or - to read it from stdin), or the share's id as `sockshare status` lists it. \
-            Only the depositor's uid, or root, may revoke a share.
+            Takes the token (or - to read it from stdin), the share's id as `sockshare status` lists it, \
+            or --name NAME for a named share. Only the depositor's uid, or root, may revoke a share.
 
-            Example:
+            Examples:
               sockshare revoke - < token.txt
+              sockshare revoke --name web
             """
     )
 
-    @Argument(help: ArgumentHelp("The token, - for one line of stdin, or a share id.", valueName: "TOKEN|-|ID"))
-    var share: String
+    @Argument(help: ArgumentHelp("The token, - for one line of stdin, or a share id; omit it with --name.", valueName: "TOKEN|-|ID"))
+    var share: String?
+
+    @Option(help: ArgumentHelp("Revoke the named share of this name.", valueName: "NAME"))
+    var name: String?
 
     @Option(name: .customLong("broker"), help: ArgumentHelp("The broker's socket.", valueName: "PATH"))
     var brokerPath: String?
 
+    func validate() throws {
+        switch (share, name) {
+        case (nil, nil): throw ValidationError("missing TOKEN, ID or --name NAME: say which share to revoke")
+        case (_?, _?): throw ValidationError("--name: give a share or a name, not both")
+        case (nil, let name?):
+            if let problem = ShareName.problem(name) { throw ValidationError("--name \(name): \(problem)") }
+        default: break
+        }
+    }
+
     func run() throws {
         try Terminal.run { () throws(SocketShareError) in
             var path = brokerPath ?? BrokerClient.defaultSocketPath
+            if let name {
+                let id = try BrokerClient(socketPath: path).revoke(named: name)
+                try Terminal.line("revoked share \(id) (\(name))")
+                return
+            }
+            let share = share!
             let id: UInt64
             if let number = UInt64(share) {
                 id = number

@@ -7,7 +7,8 @@ struct Status: ParsableCommand {
         abstract: "Show what a broker holds, or what a `sockshare serve` runs.",
         discussion: """
             Without --control: each share you deposited at the broker (every share, as root): id, socket, \
-            source and target pid, age and time left. Secrets are never shown. --metrics prints the broker's \
+            source and target pid, age and time left; then each named share: its name, policy, whether it \
+            is kept, and how often it was claimed. Secrets are never shown. --metrics prints the broker's \
             counters in the Prometheus text format.
 
             With --control PATH: the listeners and workers of the `sockshare serve` whose control socket \
@@ -43,10 +44,12 @@ struct Status: ParsableCommand {
             return
         }
         let shares = try Terminal.run { () throws(SocketShareError) in try client.list() }
+        let named = try Terminal.run { () throws(SocketShareError) in try client.namedShares() }
         let output: String
         if json {
             output = Terminal.json(BrokerListing(
-                broker: client.socketPath, held: shares.count, shares: shares.map(BrokerListing.Share.init)))
+                broker: client.socketPath, held: shares.count, shares: shares.map(BrokerListing.Share.init),
+                named: named.map(BrokerListing.Named.init)))
         } else {
             var lines = ["broker \(client.socketPath): \(shares.count) share\(shares.count == 1 ? "" : "s") held"]
             if !shares.isEmpty {
@@ -57,6 +60,17 @@ struct Status: ParsableCommand {
                         pad(String(share.id), 17) + " " + pad(socket, 41) + " " + pad(String(share.sourcePID), 8) + " "
                             + pad(String(share.targetPID), 8) + " " + pad("\(share.ageMilliseconds / 1000) s", 8) + " "
                             + "\(share.expiresInMilliseconds / 1000) s")
+                }
+            }
+            if !named.isEmpty {
+                lines.append("\(named.count) named share\(named.count == 1 ? "" : "s"):")
+                lines.append("ID                NAME             POLICY                    KEPT CLAIMS SOCKET                                    EXPIRES IN")
+                for share in named {
+                    let socket = "\(share.family) \(share.kind)\(share.isListening ? " listening" : "") \(share.localAddress)"
+                    lines.append(
+                        pad(String(share.id), 17) + " " + pad(share.name, 16) + " " + pad(share.policy.description, 25) + " "
+                            + pad(share.keep ? "yes" : "no", 4) + " " + pad(String(share.claims), 6) + " " + pad(socket, 41) + " "
+                            + (share.expiresInMilliseconds.map { "\($0 / 1000) s" } ?? "when revoked"))
                 }
             }
             output = lines.joined(separator: "\n")
@@ -126,7 +140,45 @@ struct BrokerListing: Encodable {
         }
     }
 
+    struct Named: Encodable {
+        var id: UInt64
+        var name: String
+        var policyUid: UInt32?
+        var policyGid: UInt32?
+        var policyCgroup: String?
+        var keep: Bool
+        var claims: UInt64
+        var family: String
+        var type: String
+        var listening: Bool
+        var localAddress: String
+        var sourcePid: Int32
+        var depositorUid: UInt32
+        var ageSeconds: UInt64
+        /// Absent for a kept share held until revoked.
+        var expiresInSeconds: UInt64?
+
+        init(_ share: NamedShare) {
+            id = share.id
+            name = share.name
+            policyUid = share.policy.uid
+            policyGid = share.policy.gid
+            policyCgroup = share.policy.cgroup
+            keep = share.keep
+            claims = share.claims
+            family = "\(share.family)"
+            type = "\(share.kind)"
+            listening = share.isListening
+            localAddress = share.localAddress
+            sourcePid = share.sourcePID
+            depositorUid = share.depositorUID
+            ageSeconds = share.ageMilliseconds / 1000
+            expiresInSeconds = share.expiresInMilliseconds.map { $0 / 1000 }
+        }
+    }
+
     var broker: String
     var held: Int
     var shares: [Share]
+    var named: [Named]
 }

@@ -32,7 +32,7 @@ extension SocketShareTests {
             }
             let new = try BrokerProcess(directory: directory, takeover: true)
             #expect(try old.waitForExit() == .exited(0), "the old broker exits once the new one has everything")
-            #expect(old.log.contains("handed 300 shares and the listening socket"))
+            #expect(old.log.contains("handed 300 shares, 0 named shares and the listening socket"))
             #expect(new.log.contains("took over 300 shares"))
             stop.store(true, ordering: .releasing)
             #expect(failures.load(ordering: .relaxed) == 0, "\(failures.load(ordering: .relaxed)) of \(requests.load(ordering: .relaxed)) requests failed")

@@ -18,8 +18,10 @@ extension SocketShareTests {
         /// A fresh private directory for a holder's socket.
         static func privateDirectory() throws -> String {
             var template = Array("/tmp/sockshare-service-XXXXXX".utf8CString)
-            guard mkdtemp(&template) != nil else { throw SocketShareError.system("mkdtemp", errno: errno) }
-            return String(cString: template)
+            return try template.withUnsafeMutableBufferPointer { buffer in
+                guard let path = mkdtemp(buffer.baseAddress!) else { throw SocketShareError.system("mkdtemp", errno: errno) }
+                return String(cString: path)
+            }
         }
 
         @Test func anOwnedSharerServesInItsDirectoryAndItsShutdownEndsItsShares() async throws {

@@ -1,7 +1,8 @@
 import Glibc
 import SocketShareCore
 
-/// Talks to a broker: deposit a socket for a target, revoke, list, read metrics.
+/// Talks to a broker: deposit a socket for a target pid or under a name, claim a named share,
+/// revoke, list, read metrics.
 ///
 /// Each call opens a connection, sends one request, waits (at most `timeout`) for the answer and
 /// closes. Claims go through `SocketShare.adopt(_:timeout:)`, as for any token.
@@ -46,6 +47,167 @@ public struct BrokerClient: Sendable {
             descriptors: [descriptor], operation: "deposit")
         guard case .deposited(let bytes) = reply else { throw unexpected(reply, "deposit") }
         return try ShareToken(bytes: bytes)
+    }
+
+    /// Deposits `descriptor` under `name` for whoever `policy` admits, and returns the share's id.
+    /// The way to share with a process whose pid you cannot see (another pid namespace or
+    /// container, or one not started yet): it claims with ``claim(named:waitingUpTo:)``.
+    ///
+    /// - Parameters:
+    ///   - descriptor: The socket to share; it stays open and owned by the caller.
+    ///   - name: 1 to 128 characters of `A-Z a-z 0-9 . _ - : @`, unique at the broker.
+    ///   - policy: Who may claim it; the empty policy admits the caller's own uid only.
+    ///   - timeToLive: How long it stays claimable; nil (with `keep` only) until revoked.
+    ///   - keep: Hand a descriptor to every admitted claimant until revoked (a standing store, as
+    ///     systemd's `FDSTORE=1`), rather than to the first one only.
+    /// - Throws: `SocketShareError`: `invalidArgument` for a bad name, or a name already held;
+    ///   `limitReached` for quotas or a time to live above the broker's maximum; `holderGone` when
+    ///   no broker answers.
+    public func deposit(
+        _ descriptor: CInt, named name: String, policy: ClaimPolicy = ClaimPolicy(),
+        timeToLive: Duration? = ShareOptions.defaultTimeToLive, keep: Bool = false
+    ) throws(SocketShareError) -> UInt64 {
+        if let problem = ShareName.problem(name) {
+            throw SocketShareError(.invalidArgument, operation: "deposit", detail: "name \(name): \(problem)")
+        }
+        if let cgroup = policy.cgroup, !cgroup.hasPrefix("/") || cgroup.utf8.count > ClaimPolicy.maximumCgroupLength {
+            throw SocketShareError(
+                .invalidArgument, operation: "deposit",
+                detail: "cgroup \(cgroup): expected an absolute cgroup v2 path of at most \(ClaimPolicy.maximumCgroupLength) bytes")
+        }
+        var milliseconds: Int64 = 0
+        if let timeToLive {
+            milliseconds = timeToLive.components.seconds * 1000 + timeToLive.components.attoseconds / 1_000_000_000_000_000
+            guard milliseconds > 0, milliseconds <= Int64(UInt32.max) else {
+                throw SocketShareError(.invalidArgument, operation: "deposit", detail: "time to live \(timeToLive) is out of range")
+            }
+        } else if !keep {
+            throw SocketShareError(
+                .invalidArgument, operation: "deposit", detail: "a share held until revoked must be kept (keep: true); give a time to live")
+        }
+        let reply = try request(
+            .depositNamed(name: name, policy: policy, timeToLiveMilliseconds: UInt32(milliseconds), keep: keep),
+            descriptors: [descriptor], operation: "deposit")
+        guard case .depositedNamed(let id) = reply else { throw unexpected(reply, "deposit") }
+        return id
+    }
+
+    /// Claims the share named `name`: this process gets its own descriptor of the socket,
+    /// close-on-exec. With a wait, a name not (yet) held, or a single-use share another claimant is
+    /// receiving, is asked for again until it is there or the wait is over.
+    ///
+    /// - Throws: `SocketShareError`: `notFound` when no share has the name (after the wait);
+    ///   `refused` when its policy does not admit this process (the text says which condition);
+    ///   `expired`; `holderGone` when no broker answers.
+    public func claim(named name: String, waitingUpTo wait: Duration = .zero) throws(SocketShareError) -> SocketDescriptor {
+        let deadline = ContinuousClock.now + wait
+        var pause = Duration.milliseconds(10)
+        while true {
+            let failure: SocketShareError
+            do throws(SocketShareError) {
+                return try claimOnce(named: name)
+            } catch {
+                failure = error
+            }
+            guard Self.mayAppear(failure), ContinuousClock.now + pause < deadline else { throw failure }
+            var time = timespec(tv_sec: Int(pause.components.seconds), tv_nsec: Int(pause.components.attoseconds / 1_000_000_000))
+            nanosleep(&time, nil)
+            pause = min(pause * 2, .milliseconds(200))
+        }
+    }
+
+    /// ``claim(named:waitingUpTo:)`` for async callers: waits without blocking a thread, and a
+    /// cancelled task stops waiting (it throws `CancellationError`).
+    public func claim(named name: String, waitingUpTo wait: Duration = .zero) async throws -> SocketDescriptor {
+        let deadline = ContinuousClock.now + wait
+        var pause = Duration.milliseconds(10)
+        while true {
+            try Task.checkCancellation()
+            let failure: SocketShareError
+            do throws(SocketShareError) {
+                return try claimOnce(named: name)
+            } catch {
+                failure = error
+            }
+            guard Self.mayAppear(failure), ContinuousClock.now + pause < deadline else { throw failure }
+            try await Task.sleep(for: pause)
+            pause = min(pause * 2, .milliseconds(200))
+        }
+    }
+
+    /// Whether a claim refused this way may succeed if asked again: the name is not held yet, or a
+    /// single-use share is in another claimant's hands, who may leave without it.
+    private static func mayAppear(_ error: SocketShareError) -> Bool {
+        error.code == .notFound || error.cause == .claimInProgress
+    }
+
+    private func claimOnce(named name: String) throws(SocketShareError) -> SocketDescriptor {
+        if let problem = ShareName.problem(name) {
+            throw SocketShareError(.invalidArgument, operation: "claim", detail: "name \(name): \(problem)")
+        }
+        let deadline = ContinuousClock.now + timeout
+        let channel = try DescriptorChannel.connect(
+            to: socketPath, for: "claim", absent: "no broker answers at \(socketPath) (start one with `sockshare broker`)")
+        defer { try? channel.close() }
+        try channel.send(EscrowMessage.claimNamed(name: name).bytes, deadline: deadline)
+        try channel.waitUntil(POLLIN, deadline: deadline, operation: "receive")
+        guard let reply = try channel.receive(maximumBytes: EscrowMessage.maximumRequestLength, deadline: deadline) else {
+            throw SocketShareError(.holderGone, operation: "claim", detail: "the broker closed the connection without answering")
+        }
+        let message: EscrowMessage
+        do throws(SocketShareError) {
+            message = try EscrowMessage(bytes: reply.bytes)
+        } catch {
+            reply.closeDescriptors()
+            throw error.within("claim", code: .protocolViolation, context: "reply")
+        }
+        switch message {
+        case .claimed(let id) where reply.descriptorCount == 1:
+            let descriptor = reply.takeDescriptors()[0]
+            guard (try? SocketIdentity(of: descriptor.rawValue)) != nil else {
+                try? descriptor.close()
+                throw SocketShareError(.verificationFailed, operation: "claim", detail: "the broker sent a descriptor that is not a socket")
+            }
+            // Until this arrives the broker keeps the share in flight (single use: nobody else gets it).
+            try? channel.send(EscrowMessage.acknowledge(shareID: id).bytes, deadline: deadline)
+            return descriptor
+        case .failure(let failure, let text):
+            reply.closeDescriptors()
+            let cause: SocketShareError.Cause? = switch failure {
+            case .claimInProgress: .claimInProgress
+            case .policyRefused: .policyRefused
+            default: nil
+            }
+            throw SocketShareError(failure.code, operation: "claim", detail: text, cause: cause)
+        default:
+            reply.closeDescriptors()
+            throw SocketShareError(
+                .protocolViolation, operation: "claim", detail: "unexpected reply with \(reply.descriptorCount) descriptors")
+        }
+    }
+
+    /// Revokes the share named `name` (yours, or any as root) and returns its id.
+    @discardableResult
+    public func revoke(named name: String) throws(SocketShareError) -> UInt64 {
+        if let problem = ShareName.problem(name) {
+            throw SocketShareError(.invalidArgument, operation: "revoke", detail: "name \(name): \(problem)")
+        }
+        let reply = try request(.revokeNamed(name: name), operation: "revoke")
+        guard case .revoked(let id) = reply else { throw unexpected(reply, "revoke") }
+        return id
+    }
+
+    /// The named shares you deposited (every one, as root): names and policies, never anything more.
+    public func namedShares() throws(SocketShareError) -> [NamedShare] {
+        var shares: [NamedShare] = []
+        var after: UInt64 = 0
+        while true {
+            let reply = try request(.listNamed(after: after), operation: "list")
+            guard case .namedListing(let more, let page) = reply else { throw unexpected(reply, "list") }
+            shares += page
+            guard more, let last = page.last else { return shares }
+            after = last.id
+        }
     }
 
     /// Revokes share `shareID` (yours, or any as root).

@@ -6,6 +6,9 @@ import SocketShareCore
 package struct DeadlineQueue {
     private var heap: [(deadline: ContinuousClock.Instant, id: UInt64)] = []
 
+    /// An empty queue.
+    package init() {}
+
     /// The earliest deadline queued (possibly of a share that has already ended).
     package var earliest: ContinuousClock.Instant? { heap.first?.deadline }
 

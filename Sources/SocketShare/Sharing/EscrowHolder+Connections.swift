@@ -148,6 +148,11 @@ extension EscrowHolder {
                 return .replyAndClose(.failure(
                     .malformed, "a deposit carries exactly one descriptor; \(descriptors.count) came (closed)"))
             }
+        } else if case .depositNamed = request {
+            guard descriptors.count == 1 else {
+                return .replyAndClose(.failure(
+                    .malformed, "a deposit carries exactly one descriptor; \(descriptors.count) came (closed)"))
+            }
         } else if !descriptors.isEmpty {
             return .replyAndClose(.failure(.malformed, "descriptors are not expected with this message; they were closed"))
         }
@@ -201,6 +206,7 @@ extension EscrowHolder {
         if !end({ table in table.acknowledgePulled(id, by: claimant).map { [$0] } ?? [] }).isEmpty {
             return .silent
         }
+        if let service, service.acknowledged(id, from: connection, in: self) { return .silent }
         return .replyAndClose(.failure(.malformed, "acknowledge of share \(id), which was not handed to this connection"))
     }
 

@@ -423,4 +423,7 @@ package protocol EscrowService: AnyObject, Sendable {
     func connectionClosed(_ connection: EscrowHolder.Connection, in holder: EscrowHolder)
     /// A handed-out share was acknowledged, or its claimant went away.
     func handOutSettled(in holder: EscrowHolder)
+    /// `connection` acknowledged share `id`, which the holder did not hand out: whether the
+    /// service did (a named share).
+    func acknowledged(_ id: UInt64, from connection: EscrowHolder.Connection, in holder: EscrowHolder) -> Bool
 }

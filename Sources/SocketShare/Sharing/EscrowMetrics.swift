@@ -11,6 +11,9 @@ package struct EscrowMetrics: Sendable {
     private let revocations = Counter(label: "sockshare_revocations_total")
     private let targetExits = Counter(label: "sockshare_target_exits_total")
     private let held = Gauge(label: "sockshare_held_shares")
+    private let namedDeposits = Counter(label: "sockshare_named_deposits_total")
+    private let namedClaims = Counter(label: "sockshare_named_claims_total")
+    private let namedHeld = Gauge(label: "sockshare_named_shares")
 
     package func deposited(heldNow: Int) {
         deposits.increment()
@@ -30,6 +33,29 @@ package struct EscrowMetrics: Sendable {
 
     package func held(_ count: Int) {
         held.record(count)
+    }
+
+    /// A named share was deposited.
+    package func namedDeposited(heldNow: Int) {
+        namedDeposits.increment()
+        namedHeld.record(heldNow)
+    }
+
+    /// A claimant acknowledged a named share.
+    package func namedClaimed() {
+        namedClaims.increment()
+    }
+
+    /// Named shares ended (claimed, expired, revoked or stopped).
+    package func namedEnded(_ outcomes: [ShareOutcome], heldNow: Int) {
+        for outcome in outcomes {
+            switch outcome {
+            case .expired: expiries.increment()
+            case .revoked: revocations.increment()
+            default: break
+            }
+        }
+        namedHeld.record(heldNow)
     }
 
     package func refused(_ reason: EscrowFailure) {

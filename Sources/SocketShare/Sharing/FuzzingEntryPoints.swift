@@ -71,13 +71,18 @@ public enum FuzzingEntryPoints {
                 id: 7, family: .inet, kind: .stream, protocolNumber: 6, isListening: true, isConnected: false,
                 localAddress: "127.0.0.1:8080", sourcePID: 100, targetPID: 200, depositorUID: 1000,
                 ageMilliseconds: 1500, expiresInMilliseconds: 28_500)
+            let named = sampleNamedShare()
             let messages: [EscrowMessage] = [
                 .claim(shareID: 1, secret: .random()), .acknowledge(shareID: 1),
                 .deposit(targetPID: 4242, targetStartTime: 987_654, timeToLiveMilliseconds: 30_000),
                 .revoke(shareID: 3), .list(after: 0), .metrics, .takeover, .takeoverDone, .claimed(shareID: 1),
                 .deposited(token: sampleTokens().first?.bytes ?? []), .revoked(shareID: 3), .listing(more: true, shares: [share]),
-                .metricsText("sockshare_claims_total 1\n"), .takeoverListener(shareCount: 2),
+                .metricsText("sockshare_claims_total 1\n"), .takeoverListener(shareCount: 2, namedCount: 1),
                 .failure(.expired, "share 3 expired"),
+                .depositNamed(name: "web", policy: ClaimPolicy(uid: 1000, gid: 100, cgroup: "/app.slice/web"), timeToLiveMilliseconds: 0, keep: true),
+                .depositNamed(name: "db:5432", policy: ClaimPolicy(), timeToLiveMilliseconds: 60_000, keep: false),
+                .claimNamed(name: "web"), .revokeNamed(name: "web"), .listNamed(after: 9), .depositedNamed(shareID: 9),
+                .namedListing(more: false, shares: [named.listing]), .takeoverNamed([named.record]),
             ]
             return messages.map(\.bytes)
         case "worker":
@@ -92,6 +97,16 @@ public enum FuzzingEntryPoints {
         default:
             return []
         }
+    }
+
+    private static func sampleNamedShare() -> (record: NamedShareRecord, listing: NamedShare) {
+        let record = NamedShareRecord(
+            id: 9, name: "web", policy: ClaimPolicy(uid: 1000, cgroup: "/app.slice/web"), keep: true,
+            depositor: ProcessIdentity(pid: 100, startTime: 5000), depositorUID: 0, createdAtMilliseconds: 1_700_000_000_000,
+            expiresAtMilliseconds: 0, claims: 3)
+        return (record, NamedShare(
+            record, family: .inet, kind: .stream, isListening: true, localAddress: "127.0.0.1:8080",
+            nowMilliseconds: 1_700_000_001_500))
     }
 
     private static func sampleTokens() -> [ShareToken] {

@@ -65,6 +65,11 @@ public struct SocketShareError: Error, Sendable, Hashable, CustomStringConvertib
         public static let unknownMessageType = Cause("unknownMessageType")
         /// A wire message or token is of a version this side does not speak.
         public static let unsupportedVersion = Cause("unsupportedVersion")
+        /// A single-use share was handed to another claimant, who has not acknowledged it yet: if
+        /// that claimant leaves without it, it is claimable again.
+        public static let claimInProgress = Cause("claimInProgress")
+        /// A named share's policy does not admit the claimant (code `refused`).
+        public static let policyRefused = Cause("policyRefused")
     }
 
     /// The category of the failure.

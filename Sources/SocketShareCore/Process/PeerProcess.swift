@@ -10,6 +10,8 @@ package final class PeerProcess: Sendable {
     package let pid: pid_t
     /// The peer's effective uid at connect time.
     package let uid: uid_t
+    /// The peer's effective (primary) gid at connect time.
+    package let gid: gid_t
     /// The peer's pidfd, when the kernel gives one.
     package let pidfd: CInt?
     /// The pidfd's pidfs inode, when pidfds live on pidfs.
@@ -20,6 +22,7 @@ package final class PeerProcess: Sendable {
         let credentials = try Kernel.peerCredentials(fd)
         pid = credentials.pid
         uid = credentials.uid
+        gid = credentials.gid
         pidfd = try Kernel.peerProcessDescriptor(fd)
         uniqueInode = pidfd.flatMap { ProcessDescriptor.pidfsInode($0) }
     }
@@ -54,5 +57,21 @@ package final class PeerProcess: Sendable {
     /// The peer as a process identity (reads its start time).
     package func identity() throws(SocketShareError) -> ProcessIdentity {
         ProcessIdentity(pid: pid, startTime: try startTime())
+    }
+}
+
+extension PeerProcess {
+    /// The peer's cgroup v2 path (`/system.slice/app.service`) as `/proc/PID/cgroup` shows it in
+    /// this process's cgroup namespace; nil when its pid is not visible here (another pid
+    /// namespace), it has exited, or it is in no cgroup v2 hierarchy.
+    ///
+    /// Read by pid, then checked against the pidfd: if the peer is still running after the read,
+    /// the pid was still its own, so the path is the peer's and not a successor's.
+    package func cgroup() -> String? {
+        guard pid > 0, let bytes = try? Kernel.readFile("/proc/\(pid)/cgroup"), !hasExited else { return nil }
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix("0::") {
+            return String(line.dropFirst(3))
+        }
+        return nil
     }
 }

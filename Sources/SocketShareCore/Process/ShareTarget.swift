@@ -19,9 +19,18 @@ package struct ShareTarget: Hashable, Sendable {
     /// Resolves the running process `pid`. With `expected`, that process must be the one named
     /// (same start time), or the target is reported as exited.
     ///
-    /// - Throws: ``SocketShareError`` with code `invalidArgument` when there is no such process.
+    /// - Throws: ``SocketShareError`` with code `invalidArgument` when there is no such process (the
+    ///   text points to named shares: the pid may belong to a namespace this process cannot see).
     package static func resolve(pid: pid_t, expected: ProcessIdentity? = nil) throws(SocketShareError) -> ShareTarget {
-        let process = try ProcessDescriptor(pid: pid)
+        let process: ProcessDescriptor
+        do throws(SocketShareError) {
+            process = try ProcessDescriptor(pid: pid)
+        } catch where error.code == .invalidArgument {
+            throw SocketShareError(
+                .invalidArgument, operation: error.operation, errno: error.errno,
+                detail: "\(error.detail) in this pid namespace (a process in another pid namespace or container "
+                    + "has no pid here: share by name through a broker instead, `BrokerClient.deposit(_:named:)`)")
+        }
         if let expected, expected != process.identity {
             throw SocketShareError(
                 .invalidArgument, operation: "resolve target",

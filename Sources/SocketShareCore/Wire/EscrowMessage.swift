@@ -25,6 +25,18 @@ package enum EscrowMessage: Equatable, Sendable {
     case takeover
     /// New broker → old broker: all state arrived; you may exit.
     case takeoverDone
+    /// Client → broker, with one descriptor: hold it under `name` for whoever `policy` admits, for
+    /// `timeToLiveMilliseconds` (0: until revoked, with `keep` only). With `keep` every admitted
+    /// claimant gets a descriptor; without, the first one only. Answered by ``depositedNamed(shareID:)``.
+    case depositNamed(name: String, policy: ClaimPolicy, timeToLiveMilliseconds: UInt32, keep: Bool)
+    /// Client → broker: claim the share named `name`. Answered by ``claimed(shareID:)`` with the
+    /// descriptor attached (then acknowledge it, as any claim), or ``failure(_:_:)``.
+    case claimNamed(name: String)
+    /// Client → broker: end the share named `name` now (its depositor's uid, or root, only).
+    /// Answered by ``revoked(shareID:)``.
+    case revokeNamed(name: String)
+    /// Client → broker: list the named shares the asker may see, those with ids above `after`.
+    case listNamed(after: UInt64)
 
     /// Holder → client: here is the socket (one `SCM_RIGHTS` descriptor).
     case claimed(shareID: UInt64)
@@ -36,10 +48,17 @@ package enum EscrowMessage: Equatable, Sendable {
     case listing(more: Bool, shares: [HeldShare])
     /// Broker → client: Prometheus text.
     case metricsText(String)
-    /// Old broker → new broker: the listening socket (one descriptor attached) and how many shares follow.
-    case takeoverListener(shareCount: UInt32)
+    /// Old broker → new broker: the listening socket (one descriptor attached) and how many shares,
+    /// then how many named shares, follow.
+    case takeoverListener(shareCount: UInt32, namedCount: UInt32)
     /// Old broker → new broker: shares, each with its descriptor attached in the same order.
     case takeoverShares([ShareRecord])
+    /// Broker → client: the named share is held under this id.
+    case depositedNamed(shareID: UInt64)
+    /// Broker → client: some named shares; `more` says whether to ask again after the last id.
+    case namedListing(more: Bool, shares: [NamedShare])
+    /// Old broker → new broker: named shares, each with its descriptor attached in the same order.
+    case takeoverNamed([NamedShareRecord])
     /// Holder → client: the request failed.
     case failure(EscrowFailure, String)
 
@@ -51,6 +70,10 @@ package enum EscrowMessage: Equatable, Sendable {
     package static let maximumReplyLength = 65536
     /// The most shares in one listing packet.
     package static let listingPageSize = 200
+    /// The most named shares in one listing packet (each may carry a 255-byte cgroup path).
+    package static let namedListingPageSize = 64
+    /// The most named shares per `takeoverNamed` message.
+    package static let namedTakeoverBatch = 100
 
     package enum TypeCode: UInt8 {
         case claim = 0x01
@@ -61,6 +84,10 @@ package enum EscrowMessage: Equatable, Sendable {
         case metrics = 0x06
         case takeover = 0x07
         case takeoverDone = 0x08
+        case depositNamed = 0x09
+        case claimNamed = 0x0A
+        case revokeNamed = 0x0B
+        case listNamed = 0x0C
         case claimed = 0x81
         case deposited = 0x83
         case revoked = 0x84
@@ -68,13 +95,18 @@ package enum EscrowMessage: Equatable, Sendable {
         case metricsText = 0x86
         case takeoverListener = 0x87
         case takeoverShares = 0x88
+        case depositedNamed = 0x89
+        case takeoverNamed = 0x8A
+        case namedListing = 0x8C
         case failure = 0xFF
     }
 
     /// Whether this message is a request (sent to a holder) rather than a reply.
     package var isRequest: Bool {
         switch self {
-        case .claim, .acknowledge, .deposit, .revoke, .list, .metrics, .takeover, .takeoverDone: true
+        case .claim, .acknowledge, .deposit, .revoke, .list, .metrics, .takeover, .takeoverDone, .depositNamed, .claimNamed,
+            .revokeNamed, .listNamed:
+            true
         default: false
         }
     }
@@ -125,9 +157,37 @@ package enum EscrowMessage: Equatable, Sendable {
         case .metricsText(let text):
             writer.write(TypeCode.metricsText.rawValue)
             writer.write(Array(text.utf8).prefix(Self.maximumReplyLength - 2))
-        case .takeoverListener(let count):
+        case .takeoverListener(let count, let named):
             writer.write(TypeCode.takeoverListener.rawValue)
             writer.write(count)
+            writer.write(named)
+        case .depositNamed(let name, let policy, let ttl, let keep):
+            writer.write(TypeCode.depositNamed.rawValue)
+            writer.writeShortText(name)
+            policy.write(to: &writer)
+            writer.write(ttl)
+            writer.write(UInt8(keep ? 1 : 0))
+        case .claimNamed(let name):
+            writer.write(TypeCode.claimNamed.rawValue)
+            writer.writeShortText(name)
+        case .revokeNamed(let name):
+            writer.write(TypeCode.revokeNamed.rawValue)
+            writer.writeShortText(name)
+        case .listNamed(let after):
+            writer.write(TypeCode.listNamed.rawValue)
+            writer.write(after)
+        case .depositedNamed(let shareID):
+            writer.write(TypeCode.depositedNamed.rawValue)
+            writer.write(shareID)
+        case .namedListing(let more, let shares):
+            writer.write(TypeCode.namedListing.rawValue)
+            writer.write(UInt8(more ? 1 : 0))
+            writer.write(UInt16(shares.count))
+            for share in shares { share.write(to: &writer) }
+        case .takeoverNamed(let shares):
+            writer.write(TypeCode.takeoverNamed.rawValue)
+            writer.write(UInt16(shares.count))
+            for share in shares { share.write(to: &writer) }
         case .takeoverShares(let shares):
             writer.write(TypeCode.takeoverShares.rawValue)
             writer.write(UInt16(shares.count))
@@ -195,7 +255,36 @@ package enum EscrowMessage: Equatable, Sendable {
         case .metricsText:
             self = .metricsText(String(decoding: reader.readRest(), as: UTF8.self))
         case .takeoverListener:
-            self = .takeoverListener(shareCount: try reader.read(field: "shareCount"))
+            self = .takeoverListener(shareCount: try reader.read(field: "shareCount"), namedCount: try reader.read(field: "namedCount"))
+        case .depositNamed:
+            let name = try Self.readName(&reader)
+            let policy = try ClaimPolicy(from: &reader)
+            let ttl: UInt32 = try reader.read(field: "ttlMilliseconds")
+            let keep: UInt8 = try reader.read(field: "keep")
+            guard keep <= 1 else { throw reader.invalid("keep", "\(keep) is not 0 or 1") }
+            self = .depositNamed(name: name, policy: policy, timeToLiveMilliseconds: ttl, keep: keep == 1)
+        case .claimNamed:
+            self = .claimNamed(name: try Self.readName(&reader))
+        case .revokeNamed:
+            self = .revokeNamed(name: try Self.readName(&reader))
+        case .listNamed:
+            self = .listNamed(after: try reader.read(field: "after"))
+        case .depositedNamed:
+            self = .depositedNamed(shareID: try reader.read(field: "shareID"))
+        case .namedListing:
+            let more: UInt8 = try reader.read(field: "more")
+            let count = Int(try reader.read(UInt16.self, field: "count"))
+            var shares: [NamedShare] = []
+            for _ in 0..<count { shares.append(try NamedShare(from: &reader)) }
+            self = .namedListing(more: more != 0, shares: shares)
+        case .takeoverNamed:
+            let count = Int(try reader.read(UInt16.self, field: "count"))
+            guard count <= DescriptorChannel.maximumDescriptorsPerMessage else {
+                throw reader.invalid("count", "\(count) shares in one message; at most 252")
+            }
+            var shares: [NamedShareRecord] = []
+            for _ in 0..<count { shares.append(try NamedShareRecord(from: &reader)) }
+            self = .takeoverNamed(shares)
         case .takeoverShares:
             let count = Int(try reader.read(UInt16.self, field: "count"))
             guard count <= DescriptorChannel.maximumDescriptorsPerMessage else {
@@ -209,6 +298,13 @@ package enum EscrowMessage: Equatable, Sendable {
             self = .failure(EscrowFailure(rawValue: raw) ?? .internalError, String(decoding: reader.readRest(), as: UTF8.self))
         }
         try reader.expectEnd("the \(type) message")
+    }
+
+    /// A share name, checked against `ShareName`'s rules.
+    private static func readName(_ reader: inout ByteReader) throws(SocketShareError) -> String {
+        let name = try reader.readShortText(field: "name")
+        if let problem = ShareName.problem(name) { throw reader.invalid("name", problem) }
+        return name
     }
 }
 
@@ -229,20 +325,22 @@ package enum EscrowFailure: UInt16, Sendable, CaseIterable {
     case permissionDenied = 13
     case claimInProgress = 14
     case targetGone = 15
+    case policyRefused = 16
+    case nameTaken = 17
 
     /// The error code a client reports for this refusal.
     package var code: SocketShareError.Code {
         switch self {
         case .malformed, .unsupportedVersion, .unknownMessage: .protocolViolation
         case .notFound: .notFound
-        case .wrongProcess, .wrongStartTime, .wrongUser, .claimInProgress: .refused
+        case .wrongProcess, .wrongStartTime, .wrongUser, .claimInProgress, .policyRefused: .refused
         case .expired: .expired
         case .alreadyClaimed: .alreadyClaimed
         case .revoked: .revoked
         case .limitReached: .limitReached
         case .internalError: .system
         case .permissionDenied: .permissionDenied
-        case .targetGone: .invalidArgument
+        case .targetGone, .nameTaken: .invalidArgument
         }
     }
 

@@ -9,11 +9,22 @@ extension Broker: EscrowService {
         to request: EscrowMessage, descriptor: SocketDescriptor?, from connection: EscrowHolder.Connection,
         in holder: EscrowHolder
     ) -> EscrowHolder.Answer {
+        if let answer = respondNamed(to: request, descriptor: descriptor, from: connection) { return answer }
         switch request {
         case .deposit(let pid, let start, let ttl):
             guard let descriptor else { return .replyAndClose(.failure(.malformed, "a deposit carries one descriptor")) }
             return deposit(descriptor, targetPID: pid, targetStartTime: start, timeToLiveMilliseconds: ttl, from: connection)
         case .revoke(let id):
+            if named.withLock({ $0.entries[id] != nil }) {
+                switch named.withLock({ $0.revoke(id, by: connection.peer.uid) }) {
+                case .success(let ended):
+                    finish([ended])
+                    logger.info("revoked named share", metadata: ["name": "\(ended.record.name)", "share": "\(id)", "by": "\(connection.peer.pid)"])
+                    return .reply(.revoked(shareID: id))
+                case .failure(let refusal):
+                    return .reply(refusal.message)
+                }
+            }
             var refusal: EscrowRefusal?
             holder.end { table in
                 switch table.revoke(id, by: connection.peer.uid) {
@@ -45,6 +56,10 @@ extension Broker: EscrowService {
     }
 
     package func connectionClosed(_ connection: EscrowHolder.Connection, in holder: EscrowHolder) {
+        if namedOffers[connection.id] != nil {
+            releaseNamed(for: connection)
+            handOutSettled(in: holder)
+        }
         guard successor === connection else { return }
         abandonHandover()
         logger.warning("the successor broker went away; serving on")
@@ -52,6 +67,12 @@ extension Broker: EscrowService {
 
     package func handOutSettled(in holder: EscrowHolder) {
         if successor != nil { handOverIfReady() }
+    }
+
+    package func acknowledged(_ id: UInt64, from connection: EscrowHolder.Connection, in holder: EscrowHolder) -> Bool {
+        guard acknowledgeNamed(id, from: connection) else { return false }
+        handOutSettled(in: holder)
+        return true
     }
 
     private func deposit(
@@ -67,6 +88,14 @@ extension Broker: EscrowService {
         }
         guard targetPID > 0, targetPID <= UInt32(Int32.max) else {
             return .reply(.failure(.malformed, "field targetPid: \(targetPID) is not a process id"))
+        }
+        if let limit = configuration.maximumSharesPerUser,
+           named.withLock({ $0.entries.values.contains { $0.record.depositorUID == connection.peer.uid } }) {
+            let mine = named.withLock { $0.entries.values.filter { $0.record.depositorUID == connection.peer.uid }.count }
+                + holder.withTable { $0.entries.values.filter { $0.record.depositorUID == connection.peer.uid }.count }
+            guard mine < limit else {
+                return .reply(.failure(.limitReached, "uid \(connection.peer.uid) holds \(limit) shares, its limit; revoke some first"))
+            }
         }
         let pid = pid_t(targetPID)
         let description: SocketDescription

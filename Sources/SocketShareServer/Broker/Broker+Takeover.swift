@@ -43,12 +43,13 @@ extension Broker {
     /// passed); on success the holder stops. On the holder's reactor thread.
     func handOverIfReady() {
         guard let successor else { return }
-        if holder.hasHandedOut, let handoverDeadline, ContinuousClock.now < handoverDeadline { return }
+        if holder.hasHandedOut || !namedOffers.isEmpty, let handoverDeadline, ContinuousClock.now < handoverDeadline { return }
         let deadline = ContinuousClock.now + .seconds(30)
         do throws(SocketShareError) {
             let entries = holder.withTable { table in table.entries.values.sorted { $0.record.id < $1.record.id } }
+            let namedEntries = named.withLock { table in table.entries.values.sorted { $0.record.id < $1.record.id } }
             try successor.channel.send(
-                EscrowMessage.takeoverListener(shareCount: UInt32(entries.count)).bytes,
+                EscrowMessage.takeoverListener(shareCount: UInt32(entries.count), namedCount: UInt32(namedEntries.count)).bytes,
                 descriptors: [holder.listener.rawValue], deadline: deadline)
             FaultPoint.reached("takeover.afterListener")
             var index = 0
@@ -59,12 +60,21 @@ extension Broker {
                     deadline: deadline)
                 index += batch.count
             }
+            index = 0
+            while index < namedEntries.count {
+                let batch = namedEntries[index..<min(index + EscrowMessage.namedTakeoverBatch, namedEntries.count)]
+                try successor.channel.send(
+                    EscrowMessage.takeoverNamed(batch.map(\.record)).bytes, descriptors: batch.map(\.held.rawValue),
+                    deadline: deadline)
+                index += batch.count
+            }
             FaultPoint.reached("takeover.afterShares")
             guard let reply = try successor.channel.receive(maximumBytes: EscrowMessage.maximumRequestLength, deadline: deadline),
                   (try? EscrowMessage(bytes: reply.bytes)) == .takeoverDone else {
                 throw SocketShareError(.protocolViolation, operation: "takeover", detail: "the successor did not confirm")
             }
-            logger.notice("handed \(entries.count) shares and the listening socket to pid \(successor.peer.pid)")
+            logger.notice(
+                "handed \(entries.count) shares, \(namedEntries.count) named shares and the listening socket to pid \(successor.peer.pid)")
             cancelHandoverTimer()
             holder.finishHandover()
         } catch {
@@ -110,9 +120,11 @@ extension Broker {
             let firstDescriptors = first.takeDescriptors()
             owned += firstDescriptors
             let count: UInt32
+            let namedCount: UInt32
             switch try EscrowMessage(bytes: first.bytes) {
-            case .takeoverListener(let shareCount) where firstDescriptors.count == 1:
+            case .takeoverListener(let shareCount, let namedShareCount) where firstDescriptors.count == 1:
                 count = shareCount
+                namedCount = namedShareCount
             case .failure(let code, let text):
                 throw SocketShareError(code.code, operation: "take over", detail: text)
             default:
@@ -133,8 +145,30 @@ extension Broker {
                 }
                 received += zip(shares, descriptors).map { ($0, $1) }
             }
+            var receivedNamed: [(NamedShareRecord, SocketDescriptor)] = []
+            while receivedNamed.count < Int(namedCount) {
+                guard let message = try channel.receive(maximumBytes: EscrowMessage.maximumReplyLength, deadline: deadline) else {
+                    throw SocketShareError(
+                        .holderGone, operation: "take over",
+                        detail: "the running broker closed after \(receivedNamed.count) of \(namedCount) named shares")
+                }
+                let descriptors = message.takeDescriptors()
+                owned += descriptors
+                guard case .takeoverNamed(let shares) = try EscrowMessage(bytes: message.bytes),
+                      shares.count == descriptors.count else {
+                    throw SocketShareError(
+                        .protocolViolation, operation: "take over", detail: "a named share batch without its descriptors")
+                }
+                receivedNamed += zip(shares, descriptors).map { ($0, $1) }
+            }
             owned.removeAll()
-            let holder = try EscrowHolder(configuration: settings, listener: listener, installing: received)
+            let holder: EscrowHolder
+            do throws(SocketShareError) {
+                holder = try EscrowHolder(configuration: settings, listener: listener, installing: received)
+            } catch {
+                for (_, descriptor) in receivedNamed { try? descriptor.close() }
+                throw error
+            }
             FaultPoint.reached("takeover.beforeDone")
             do throws(SocketShareError) {
                 try channel.send(EscrowMessage.takeoverDone.bytes, deadline: deadline)
@@ -144,12 +178,14 @@ extension Broker {
                 // kept them, and two holders of one share must never both serve.
                 guard let predecessor, predecessor.hasExited else {
                     holder.abandon()
+                    for (_, descriptor) in receivedNamed { try? descriptor.close() }
                     throw error
                 }
                 logger.warning("the predecessor (pid \(predecessor.pid)) exited before our confirmation; serving what it handed over")
             }
-            logger.notice("took over \(received.count) shares and the listening socket at \(settings.endpoint)")
-            return Broker(configuration: configuration, holder: holder)
+            logger.notice(
+                "took over \(received.count) shares, \(receivedNamed.count) named shares and the listening socket at \(settings.endpoint)")
+            return Broker(configuration: configuration, holder: holder, installing: receivedNamed)
         } catch {
             for descriptor in owned { try? descriptor.close() }
             throw error

@@ -66,6 +66,11 @@ public final class Broker: Service, @unchecked Sendable {
     /// When the hand-over goes ahead even with claims still unacknowledged.
     var handoverDeadline: ContinuousClock.Instant?
     var handoverTimer: Reactor.Timer?
+    /// The named shares (`Broker+Names.swift`). Changed on the reactor's thread; read anywhere.
+    let named: Locked<NamedShareTable<SocketDescriptor>>
+    /// The named share handed to each connection and not yet acknowledged, by connection id.
+    var namedOffers: [UInt64: UInt64] = [:]
+    var namedTimer: Reactor.Timer?
 
     var logger: Logger { holder.logger }
 
@@ -101,10 +106,28 @@ public final class Broker: Service, @unchecked Sendable {
         self.init(configuration: configuration, holder: holder)
     }
 
-    init(configuration: Configuration, holder: EscrowHolder) {
+    init(configuration: Configuration, holder: EscrowHolder, installing named: [(NamedShareRecord, SocketDescriptor)] = []) {
         self.configuration = configuration
         self.holder = holder
+        var generator = SystemRandomNumberGenerator()
+        var table = NamedShareTable<SocketDescriptor>(maximumShares: configuration.maximumShares, firstID: generator.next() >> 16 | 1)
+        let now = ShareTime.nowMilliseconds
+        for (record, descriptor) in named {
+            guard let description = try? SocketDescription(of: descriptor.rawValue) else {
+                try? descriptor.close()
+                continue
+            }
+            let deadline = record.expiresAtMilliseconds == 0
+                ? nil
+                : ContinuousClock.now + .milliseconds(Int64(record.expiresAtMilliseconds > now ? record.expiresAtMilliseconds - now : 0))
+            if !table.install(record, description: description, held: descriptor, deadline: deadline) { try? descriptor.close() }
+        }
+        self.named = Locked(table)
         holder.service = self
+        holder.whenStopped { [self] in
+            let count = endAllNamed()
+            if count > 0 { logger.notice("stopped: closed \(count) named shares") }
+        }
     }
 
     /// Serves until graceful shutdown, cancellation or ``stop()``, or until a successor has taken
@@ -114,6 +137,7 @@ public final class Broker: Service, @unchecked Sendable {
     /// - Throws: ``SocketShareError`` when the broker's thread cannot start.
     public func run() async throws {
         try holder.start()
+        holder.reactor.execute { [self] in armNamedTimer() }
         holder.whenStopped { [stopped] in stopped.signal() }
         await withTaskCancellationHandler {
             await withGracefulShutdownHandler {
@@ -133,8 +157,8 @@ public final class Broker: Service, @unchecked Sendable {
         stopped.signal()
     }
 
-    /// The shares held now.
-    public var heldShareCount: Int { holder.heldCount }
+    /// The shares held now, pid-targeted and named.
+    public var heldShareCount: Int { holder.heldCount + named.withLock { $0.count } }
 
     static func prepare(_ configuration: Configuration, logger: Logger) throws(SocketShareError) -> EscrowHolder.Configuration {
         let path = configuration.socketPath
