@@ -32,6 +32,10 @@
 //     passes the token on a socketpair, the target adopts it, closes it and says "done".
 //     Reference: the same two processes passing the descriptor itself with SCM_RIGHTS and "done".
 //
+//   sockshare-bench named [--count N]
+//     A named claim across sibling pid namespaces against a pid-targeted claim in one namespace
+//     (Named.swift).
+//
 // Run a release build: swift build -c release && .build/release/sockshare-bench roundtrip
 
 import Glibc
@@ -451,6 +455,8 @@ do {
     case ("channel", _): try runChannel(arguments)
     case ("pidfd", "target"): try pidfdHolder(arguments)
     case ("pidfd", _): try runPidfd(arguments)
+    case ("named", "claimant"): try namedClaimant(arguments)
+    case ("named", _): try runNamed(arguments)
     default:
         FileHandle.standardError("sockshare-bench: unknown command \(arguments.command) (roundtrip)")
         exit(64)
