@@ -44,6 +44,67 @@ extension SocketShareTests {
             #expect(!serve.log.contains("killed by signal"))
         }
 
+        /// The privilege-separation pattern: serve as root, workers dropped to nobody by `setpriv`.
+        /// In shared mode readiness travels over `$NOTIFY_SOCKET`, which nobody must be able to reach.
+        @Test(.enabled(if: geteuid() == 0, "needs root to run workers as nobody"), arguments: ["handoff", "shared"])
+        func workersDroppedToNobodyReloadUnderLoadLosingNothing(_ mode: String) throws {
+            let serve = try ServeProcess(
+                ["--listen", "tcp://127.0.0.1:0", "--mode", mode, "--drain-timeout", "10"],
+                command: ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", Self.helloWorker], workers: 2)
+            let workers = try serve.status().workers.map(\.pid)
+            for pid in workers {
+                let status = String(decoding: try Kernel.readFile("/proc/\(pid)/status"), as: UTF8.self)
+                #expect(status.contains("\nUid:\t65534\t"), "worker \(pid) runs as nobody")
+            }
+            let environment = String(decoding: try Kernel.readFile("/proc/\(workers[0])/environ"), as: UTF8.self)
+            let notify = try #require(environment.split(separator: "\0").first { $0.hasPrefix("NOTIFY_SOCKET=") }.map { String($0.dropFirst(14)) })
+            let directory = String(notify[..<notify.lastIndex(of: "/")!])
+            #expect(try Kernel.linkStatus(directory).map { $0.st_mode & 0o777 } == 0o711, "others may pass through, not list")
+            #expect(try Kernel.linkStatus(notify).map { $0.st_mode & 0o777 } == 0o666, "anyone may write; only workers' pids count")
+            var outcomes: [ChildProcess.Termination] = []
+            let result = try LoadClient(address: try serve.address(), count: 1500, threads: 4).run {
+                for _ in 0..<3 {
+                    outcomes.append(try Self.reload(serve).status)
+                    usleep(100_000)
+                }
+            }
+            #expect(outcomes == Array(repeating: .exited(0), count: 3), "\(serve.log.suffix(2000))")
+            #expect(result.answered == result.opened && result.opened == 1500, "\(result)")
+            #expect(try serve.status().generation == 4)
+            #expect(try serve.stop() == .exited(0))
+            #expect(try Kernel.linkStatus(directory) == nil, "the notify directory is removed on stop")
+        }
+
+        /// A process that is not a worker writes READY=1 to the notify socket: it is not heeded.
+        @Test(.enabled(
+            if: geteuid() == 0 && access("/usr/bin/python3", X_OK) == 0,
+            "the open notify socket is made when serve runs as root; the stranger is /usr/bin/python3 as nobody"))
+        func readinessFromAStrangerIsIgnored() throws {
+            let serve = try ServeProcess(
+                ["--listen", "tcp://127.0.0.1:0", "--mode", "shared"],
+                command: ["python3", CommandLineTests.scripts + "/listen_fds_server.py"], workers: 1)
+            let worker = try #require(try serve.status().workers.first?.pid)
+            let environment = String(decoding: try Kernel.readFile("/proc/\(worker)/environ"), as: UTF8.self)
+            let notify = try #require(environment.split(separator: "\0").first { $0.hasPrefix("NOTIFY_SOCKET=") }.map { String($0.dropFirst(14)) })
+            // The reload's new worker never says READY=1; a stranger (as nobody) says it throughout, in vain.
+            let control = serve.controlPath
+            let script = "import socket,sys,time\ns=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+                + "for _ in range(15):\n s.sendto(b'READY=1', sys.argv[1]); time.sleep(0.1)\nprint('sent')"
+            let reload: @Sendable () -> String = {
+                (try? ProgramRun.run(Paths.sockshare, ["reload", "--control", control, "--deadline", "1.5"]))
+                    .map { "\($0.status)" } ?? "did not run"
+            }
+            let stranger: @Sendable () -> String = {
+                (try? ProgramRun.run("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script, notify]))
+                    .map { $0.standardOutput + $0.standardError } ?? "did not run"
+            }
+            let outcomes = onThreads([reload, stranger])
+            #expect(outcomes[1] == "sent\n", "the stranger could write to the notify socket")
+            #expect(outcomes[0] == "\(ChildProcess.Termination.exited(1))", "a stranger's READY=1 does not make a generation ready")
+            #expect(try serve.status().generation == 1)
+            try serve.stop()
+        }
+
         @Test func aNewGenerationThatNeverSaysReadyIsRolledBack() throws {
             // A socket-activated server that never calls sd_notify: its generation never becomes ready.
             let serve = try ServeProcess(

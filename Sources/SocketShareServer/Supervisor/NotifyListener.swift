@@ -3,9 +3,17 @@ import Glibc
 import SocketShare
 import SocketShareCore
 
-/// The receiving side of `sd_notify`: a datagram socket at a path in the runtime directory,
-/// given to workers as `$NOTIFY_SOCKET`. The kernel attaches each sender's pid (`SO_PASSCRED`), so a
-/// worker cannot speak for another.
+/// The receiving side of `sd_notify`: a datagram socket given to workers as `$NOTIFY_SOCKET`. The
+/// kernel attaches each sender's pid (`SO_PASSCRED`), so a worker cannot speak for another, and the
+/// supervisor heeds only pids it knows as its workers.
+///
+/// As systemd's own `/run/systemd/notify`, the socket is one anyone may write to: workers often run
+/// under another uid than serve (`setpriv --reuid nobody`, the privilege-separation pattern), and
+/// the control socket's private directory would shut them out. Run as root, serve therefore puts it
+/// in a directory of its own, `/run/sockshare-notify-XXXXXX` (random, mode 0711: others may pass,
+/// not list), with the socket mode 0666. Other users' processes can reach it, but what they say is
+/// dropped: their pids are not workers'. Without root, workers cannot run as another uid anyway, and
+/// the socket stays beside the control socket.
 package final class NotifyListener: Sendable {
     package let socket: SocketDescriptor
     package let path: String
@@ -46,9 +54,62 @@ package final class NotifyListener: Sendable {
         }
     }
 
-    /// Closes the socket and removes its path.
+    /// Binds the notify socket for a supervisor whose control socket is `controlPath`: as root, in a
+    /// fresh directory anyone may pass through (see the type's documentation); otherwise beside the
+    /// control socket, as `NAME.notify`.
+    package convenience init(forControlSocket controlPath: String) throws(SocketShareError) {
+        guard geteuid() == 0, let directory = Self.openDirectory() else {
+            try self.init(path: Self.privatePath(for: controlPath))
+            return
+        }
+        let path = directory + "/notify"
+        do throws(SocketShareError) {
+            try self.init(path: path)
+        } catch {
+            rmdir(directory)
+            throw error
+        }
+        guard chmod(path, 0o666) == 0 else {
+            let failure = SocketShareError.system("chmod", errno: Glibc.errno, detail: path)
+            close()
+            throw failure
+        }
+    }
+
+    /// `NAME.notify` beside the control socket `NAME.sock`.
+    package static func privatePath(for controlPath: String) -> String {
+        (controlPath.hasSuffix(".sock") ? String(controlPath.dropLast(5)) : controlPath) + ".notify"
+    }
+
+    /// The prefix of the directories made for notify sockets others may write to.
+    static let directoryPrefix = "sockshare-notify-"
+
+    /// A fresh `sockshare-notify-XXXXXX` directory, mode 0711, in `/run` (else `/tmp`); nil when
+    /// neither takes one.
+    private static func openDirectory() -> String? {
+        for base in ["/run", "/tmp"] {
+            var template = Array("\(base)/\(directoryPrefix)XXXXXX".utf8CString)
+            let made = template.withUnsafeMutableBufferPointer { buffer -> String? in
+                guard let path = mkdtemp(buffer.baseAddress!) else { return nil }
+                return String(cString: path)
+            }
+            guard let made else { continue }
+            guard chmod(made, 0o711) == 0 else {
+                rmdir(made)
+                continue
+            }
+            return made
+        }
+        return nil
+    }
+
+    /// Closes the socket and removes its path (and its own directory, when it has one).
     package func close() {
         try? socket.close()
         Kernel.unlink(path)
+        if let slash = path.lastIndex(of: "/") {
+            let directory = String(path[..<slash])
+            if directory.split(separator: "/").last?.hasPrefix(Self.directoryPrefix) == true { rmdir(directory) }
+        }
     }
 }

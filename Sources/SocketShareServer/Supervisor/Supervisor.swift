@@ -188,6 +188,7 @@ public final class Supervisor: Service, @unchecked Sendable {
         var listeners: [Dispatcher.Listener] = []
         var owned: [String] = []
         var cleanup: [SocketDescriptor] = []
+        var notify: NotifyListener?
         do throws(SocketShareError) {
             let inherited = try SystemdListeners.inherited()
             cleanup += inherited.map(\.socket)
@@ -235,7 +236,8 @@ public final class Supervisor: Service, @unchecked Sendable {
             }
             let control = try SocketDescriptor.listening(on: .unix(path: path), kind: .seqpacket, backlog: 64)
             cleanup.append(control)
-            let notifications = try NotifyListener(path: Self.notifyPath(for: path))
+            let notifications = try NotifyListener(forControlSocket: path)
+            notify = notifications
             try self.init(
                 configuration: configuration, logger: logger, listeners: listeners, ownedPaths: owned,
                 control: control, controlPath: path, notifications: notifications, serviceManager: serviceManager,
@@ -243,6 +245,7 @@ public final class Supervisor: Service, @unchecked Sendable {
         } catch {
             for socket in cleanup { try? socket.close() }
             for path in owned { Kernel.unlink(path) }
+            notify?.close()
             throw error
         }
     }
@@ -277,7 +280,8 @@ public final class Supervisor: Service, @unchecked Sendable {
         let relay = ReadyRelay()
         if configuration.mode == .handoff {
             let dispatcherLogger = logger
-            dispatcher = try Dispatcher(listeners: listeners, configuration: Dispatcher.Configuration(
+            let devNull = devNull
+            dispatcher = try Self.closing(devNull) { () throws(SocketShareError) in try Dispatcher(listeners: listeners, configuration: Dispatcher.Configuration(
                 policy: configuration.policy, maximumInFlightPerWorker: configuration.maximumInFlightPerWorker,
                 stallTimeout: configuration.stallTimeout,
                 onStall: { pid in
@@ -285,11 +289,21 @@ public final class Supervisor: Service, @unchecked Sendable {
                     _ = Glibc.kill(pid, SIGKILL)
                 },
                 onReady: { pid in reactor.execute { relay.supervisor?.workerIsReady(pid) } },
-                logger: logger))
+                logger: logger)) }
         } else {
             dispatcher = nil
         }
         relay.supervisor = self
+    }
+
+    /// Runs `body`; if it throws, closes `descriptor` first.
+    private static func closing<T>(_ descriptor: CInt, _ body: () throws(SocketShareError) -> T) throws(SocketShareError) -> T {
+        do throws(SocketShareError) {
+            return try body()
+        } catch {
+            try? Kernel.close(descriptor)
+            throw error
+        }
     }
 
     /// Carries the dispatcher's readiness reports to the supervisor, which does not exist yet when
@@ -298,10 +312,8 @@ public final class Supervisor: Service, @unchecked Sendable {
         weak var supervisor: Supervisor?
     }
 
-    /// The notify socket's path, beside the control socket.
-    package static func notifyPath(for controlPath: String) -> String {
-        (controlPath.hasSuffix(".sock") ? String(controlPath.dropLast(5)) : controlPath) + ".notify"
-    }
+    /// The notify socket given to workers as `$NOTIFY_SOCKET` (`NotifyListener`).
+    public var notifySocketPath: String { notifications.path }
 
     /// The addresses the listeners are bound to (ports filled in).
     public var boundAddresses: [(name: String, endpoint: SocketEndpoint)] {
