@@ -51,7 +51,7 @@ public struct BrokerClient: Sendable {
 
     /// Deposits `descriptor` under `name` for whoever `policy` admits, and returns the share's id.
     /// The way to share with a process whose pid you cannot see (another pid namespace or
-    /// container, or one not started yet): it claims with ``claim(named:waitingUpTo:)``.
+    /// container, or one not started yet): it claims with `claim(named:waitingUpTo:)`.
     ///
     /// - Parameters:
     ///   - descriptor: The socket to share; it stays open and owned by the caller.
@@ -116,7 +116,7 @@ public struct BrokerClient: Sendable {
         }
     }
 
-    /// ``claim(named:waitingUpTo:)`` for async callers: waits without blocking a thread, and a
+    /// `claim(named:waitingUpTo:)` for async callers: waits without blocking a thread, and a
     /// cancelled task stops waiting (it throws `CancellationError`).
     public func claim(named name: String, waitingUpTo wait: Duration = .zero) async throws -> SocketDescriptor {
         let deadline = ContinuousClock.now + wait
