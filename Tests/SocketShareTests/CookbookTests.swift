@@ -84,6 +84,19 @@ extension SocketShareTests {
             #expect(output.contains("127.0.0.1:8080 refuses connections: the listener is not there"))
         }
 
+        @Test(.enabled(if: getuid() == 0, "makes pid namespaces: needs root"))
+        func containerReplacementByName() throws {
+            let output = try Self.runExample("container-replacement", okLines: 1)
+            #expect(output.contains("20 replacements under load: attempted"))
+            #expect(output.contains("failed 0, reset 0, refused 0, timed out 0"))
+            #expect(output.contains("the broker handed 'web' to 21 generations"))
+        }
+
+        @Test func theContainerFilesAreWellFormed() throws {
+            let run = try ProgramRun.run("python3", [CommandLineTests.scripts + "/check_container_files.py", Self.examples + "/container-replacement"])
+            #expect(run.status == .exited(0) && run.standardOutput == "container files: ok\n", "\(run.standardOutput)\(run.standardError)")
+        }
+
         @Test func theWinsockPortRunsTheDocumentedFlow() throws {
             let run = try ProgramRun.run(Paths.buildDirectory + "/winsock-port", [])
             #expect(run.status == .exited(0), "\(run.standardOutput)\n\(run.standardError)")
@@ -96,7 +109,7 @@ extension SocketShareTests {
         /// Every example has its page, its script, and the page tells how to run the script.
         @Test(arguments: [
             "privilege-separation", "network-namespaces", "winsock-porting", "any-language", "nio-http-app", "hummingbird-app",
-            "vapor-app", "systemd",
+            "vapor-app", "systemd", "container-replacement",
         ])
         func everyExampleHasAPageThatRunsIt(_ name: String) throws {
             let page = String(decoding: try Kernel.readFile(Self.examples + "/\(name)/README.md"), as: UTF8.self)
