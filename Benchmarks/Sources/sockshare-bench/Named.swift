@@ -9,6 +9,7 @@ import SocketShare
 //   SO_PEERCRED, SCM_RIGHTS, acknowledge, close). Reference: a broker and this process in the host's
 //   namespace, each of N pid-targeted tokens adopted. Both deposit everything first, then time each
 //   claim alone. Needs root and unshare(1); without them both run in this namespace, and say so.
+//   Also prints the broker's open descriptors before the named deposits and after every claim.
 
 /// Starts `sockshare broker` at `path`, under `wrapper` (empty: as a child), and waits until it answers.
 func startBroker(at path: String, wrapper: [String], maximumShares: Int) throws -> ChildProcess {
@@ -26,6 +27,17 @@ func startBroker(at path: String, wrapper: [String], maximumShares: Int) throws 
         nanosleep(&pause, nil)
     }
     return broker
+}
+
+/// The pid of the only child of `pid` (the process `unshare --fork` started), if it has one.
+func onlyChild(of pid: pid_t) -> pid_t? {
+    var bytes = [UInt8](repeating: 0, count: 256)
+    let fd = open("/proc/\(pid)/task/\(pid)/children", O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    let count = read(fd, &bytes, bytes.count)
+    let children = String(decoding: bytes[0..<max(0, count)], as: UTF8.self).split(separator: " ").compactMap { pid_t($0) }
+    return children.count == 1 ? children[0] : nil
 }
 
 /// A program installed beside this one (same build).
@@ -73,6 +85,11 @@ func runNamed(_ arguments: Arguments) throws {
         _ = try? remote.wait()
     }
     let remoteClient = BrokerClient(socketPath: directory + "/named.sock")
+    // The broker's own process: the child of unshare (or the broker itself without namespaces).
+    let brokerPID = namespaces ? (onlyChild(of: remote.pid) ?? remote.pid) : remote.pid
+    var settle = timespec(tv_sec: 0, tv_nsec: 300_000_000)
+    nanosleep(&settle, nil)   // the readiness probes' connections are closed and read by now
+    let descriptorsBefore = footprint(brokerPID).descriptors
     for index in 0..<total {
         _ = try remoteClient.deposit(socket.rawValue, named: "n-\(index)", policy: ClaimPolicy(uid: geteuid()), timeToLive: .seconds(600))
     }
@@ -92,6 +109,9 @@ func runNamed(_ arguments: Arguments) throws {
     }
     try mine.close()
     guard try claimant.wait() == .exited(0) else { throw SocketShareError(.system, operation: "bench", detail: "the claimant failed") }
+    nanosleep(&settle, nil)
+    let descriptorsAfter = footprint(brokerPID).descriptors
+    let heldAfter = try remoteClient.namedShares().count
     let ours = String(decoding: output, as: UTF8.self).split(separator: "\n").compactMap { Double($0) }.dropFirst(200).sorted()
     let placement = namespaces ? "across sibling pid namespaces" : "in one pid namespace (no unshare here)"
     print("named: \(arguments.count) claims each")
@@ -99,6 +119,7 @@ func runNamed(_ arguments: Arguments) throws {
     print("|---|---:|---:|")
     print("| named claim \(placement) | \(String(format: percentile(Array(ours), 0.5))) | \(String(format: percentile(Array(ours), 0.99))) |")
     print("| reference: pid-targeted claim, one namespace | \(String(format: percentile(reference, 0.5))) | \(String(format: percentile(reference, 0.99))) |")
+    print("broker descriptors: \(descriptorsBefore) before \(total) named deposits, \(descriptorsAfter) after all were claimed (\(heldAfter) still held)")
 }
 
 /// The claimant in its own pid namespace: claims n-0 … n-(count-1), prints each claim's µs.
