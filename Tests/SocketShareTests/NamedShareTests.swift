@@ -223,6 +223,33 @@ extension SocketShareTests {
             try broker.stop()
         }
 
+        static let hasUserNamespaces: Bool = geteuid() == 0
+            && (try? ProgramRun.run("setpriv", nobody + ["unshare", "--user", "--map-root-user", "true"]).status) == .exited(0)
+
+        /// A claimant that is root in a user namespace of its own is still nobody to the broker: the
+        /// kernel reports its ids as the broker's namespace maps them.
+        @Test(.enabled(if: hasUserNamespaces, "needs root and unprivileged user namespaces"))
+        func rootInItsOwnUserNamespaceIsNobodyToThePolicy() throws {
+            var template = Array("/tmp/sockshare-userns-XXXXXX".utf8CString)
+            let parent = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+            chmod(parent, 0o755)
+            defer { _ = try? ProgramRun.run("rm", ["-rf", parent]) }
+            let broker = try BrokerProcess(arguments: ["--group", "65534"], directory: parent + "/run")
+            let socket = try SocketDescriptor.listening(on: .ipv4(host: "127.0.0.1", port: 0))
+            defer { try? socket.close() }
+            let inode = try Self.inode(of: socket)
+            _ = try broker.client.deposit(socket.rawValue, named: "for-root", policy: ClaimPolicy(uid: 0, gid: 0), timeToLive: nil, keep: true)
+            _ = try broker.client.deposit(socket.rawValue, named: "for-nobody", policy: ClaimPolicy(uid: 65534), timeToLive: nil, keep: true)
+            let fakeRoot = Self.nobody + ["unshare", "--user", "--map-root-user"]
+            let whoami = try ProgramRun.run("setpriv", Array(fakeRoot.dropFirst()) + ["id", "-u"])
+            #expect(whoami.standardOutput == "0\n", "inside its namespace the claimant is root")
+            let refused = try Self.adopt("for-root", broker: broker.socketPath, wrapper: fakeRoot)
+            #expect(refused.status == .exited(2) && refused.standardError.contains("runs as uid 65534"), "\(refused.standardError)")
+            let admitted = try Self.adopt("for-nobody", broker: broker.socketPath, wrapper: fakeRoot)
+            #expect(admitted.status == .exited(0) && admitted.standardOutput.hasPrefix(inode), "\(admitted.standardError)")
+            try broker.stop()
+        }
+
         // MARK: pid namespaces
 
         static let hasPidNamespaces: Bool = geteuid() == 0
