@@ -30,6 +30,24 @@ public struct ConnectionSource: Sendable, CustomStringConvertible {
         ConnectionSource(kind: .handoff(channel))
     }
 
+    /// Connections from a `sockshare serve --worker-socket PATH` this process was not started by
+    /// (another container, another supervisor): connects to `path` and serves what serve hands over
+    /// that connection, exactly as ``handoff(channel:)``. Serve sends nothing before the server says
+    /// it is ready, and stops sending once it says it is leaving (graceful shutdown).
+    ///
+    /// - Throws: ``SocketShareError``: `holderGone` when nothing serves at `path`; `permissionDenied`
+    ///   when this user may not reach it. A serve that refuses this process's uid or gid closes the
+    ///   connection at once; the server then ends as if serve had stopped.
+    public static func handoff(connectingTo path: String) throws(SocketShareError) -> ConnectionSource {
+        let channel = try DescriptorChannel.connect(
+            to: path, for: "connect to serve", absent: "no sockshare serve answers at \(path) (is it running with --worker-socket?)")
+        return .handoff(channel: channel.socket)
+    }
+
+    /// The variable naming a worker socket to connect to (``handoff(connectingTo:)``), read by
+    /// ``fromEnvironment()``.
+    public static let workerSocketVariable = "SOCKSHARE_WORKER_SOCKET"
+
     /// Listening sockets this process was given (`LISTEN_FDS`, `sockshare serve --mode shared`, an
     /// adopted share). The server owns them, and closes its descriptors when it stops accepting;
     /// the sockets live on in their other holders.
@@ -64,7 +82,8 @@ public struct ConnectionSource: Sendable, CustomStringConvertible {
     }
 
     /// The source the environment names: handoff when `$SOCKSHARE_WORKER_FD` is set (`sockshare
-    /// serve --mode handoff`), the listeners of `LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES` when they
+    /// serve --mode handoff`), or `$SOCKSHARE_WORKER_SOCKET` names a serve's worker socket to connect
+    /// to (an external worker), the listeners of `LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES` when they
     /// are meant for this process (systemd, `sockshare serve --mode shared`); nil when neither is.
     ///
     /// The variables are removed from the environment, and the descriptors made close-on-exec, so
@@ -76,6 +95,10 @@ public struct ConnectionSource: Sendable, CustomStringConvertible {
         if let channel = try WorkerChannel.fromEnvironment() {
             unsetenv(WorkerChannel.environmentVariable)
             return .handoff(channel: channel)
+        }
+        if let path = RuntimeDirectory.environment(workerSocketVariable), !path.isEmpty {
+            unsetenv(workerSocketVariable)
+            return try .handoff(connectingTo: path)
         }
         let inherited = try SystemdListeners.inherited()
         if !inherited.isEmpty {

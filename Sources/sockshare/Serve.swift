@@ -74,6 +74,17 @@ struct Serve: AsyncParsableCommand {
     @Option(help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "LEVEL"))
     var logLevel: String = "info"
 
+    @Option(name: .customLong("worker-socket"), help: ArgumentHelp(
+        "Handoff: also hand connections to workers sockshare did not start, which connect here (a path; its directory is made private, or 0710 with --worker-gid).",
+        valueName: "PATH"))
+    var workerSocket: String?
+
+    @Option(name: .customLong("worker-uid"), help: ArgumentHelp("The user (name or number) external workers must run as (default: this one).", valueName: "U"))
+    var workerUID: String?
+
+    @Option(name: .customLong("worker-gid"), help: ArgumentHelp("The primary group external workers must run as; the worker socket is opened to it.", valueName: "G"))
+    var workerGID: String?
+
     @Option(help: .private)
     var successorOf: Int32?
 
@@ -85,7 +96,19 @@ struct Serve: AsyncParsableCommand {
         if successorOf != nil { return }
         guard Supervisor.Readiness(rawValue: readiness) != nil else { throw ValidationError("--readiness \(readiness): expected notify or none") }
         guard reloadDeadline.isFinite, reloadDeadline > 0 else { throw ValidationError("--reload-deadline \(reloadDeadline): expected seconds > 0") }
-        guard workers > 0, workers <= 1024 else { throw ValidationError("--workers \(workers): expected 1 to 1024") }
+        if let workerSocket {
+            guard workerSocket.hasPrefix("/") else { throw ValidationError("--worker-socket \(workerSocket): expected an absolute path") }
+            guard mode == "handoff" else { throw ValidationError("--worker-socket: external workers take handed-off connections; use --mode handoff") }
+        } else {
+            if workerUID != nil { throw ValidationError("--worker-uid: only with --worker-socket") }
+            if workerGID != nil { throw ValidationError("--worker-gid: only with --worker-socket") }
+        }
+        if let workerUID, Share.userID(workerUID) == nil { throw ValidationError("--worker-uid \(workerUID): no such user") }
+        if let workerGID, BrokerCommand.groupID(workerGID) == nil { throw ValidationError("--worker-gid \(workerGID): no such group") }
+        let fewest = workerSocket == nil ? 1 : 0
+        guard workers >= fewest, workers <= 1024 else {
+            throw ValidationError("--workers \(workers): expected \(fewest) to 1024\(fewest == 0 ? "" : " (0 only with --worker-socket)")")
+        }
         guard Supervisor.Mode(rawValue: mode) != nil else { throw ValidationError("--mode \(mode): expected shared or handoff") }
         guard Supervisor.Policy(rawValue: policy) != nil else { throw ValidationError("--policy \(policy): expected rr or least") }
         guard drainTimeout.isFinite, drainTimeout > 0 else { throw ValidationError("--drain-timeout \(drainTimeout): expected seconds > 0") }
@@ -93,7 +116,7 @@ struct Serve: AsyncParsableCommand {
         guard maxInFlight > 0 else { throw ValidationError("--max-in-flight \(maxInFlight): expected a number > 0") }
         guard backlog > 0 else { throw ValidationError("--backlog \(backlog): expected a number > 0") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel): unknown level") }
-        guard !command.isEmpty else { throw ValidationError("missing COMMAND: write the worker program after --") }
+        guard !command.isEmpty || workers == 0 else { throw ValidationError("missing COMMAND: write the worker program after --") }
         if listen.isEmpty && getenv("LISTEN_FDS") == nil {
             throw ValidationError("no --listen address, and no LISTEN_FDS from a service manager")
         }
@@ -132,7 +155,11 @@ struct Serve: AsyncParsableCommand {
                     drainTimeout: .milliseconds(Int64(drainTimeout * 1000)),
                     stallTimeout: .milliseconds(Int64(stallTimeout * 1000)), maximumInFlightPerWorker: maxInFlight,
                     backlog: backlog, readiness: Supervisor.Readiness(rawValue: readiness)!,
-                    reloadDeadline: .milliseconds(Int64(reloadDeadline * 1000))),
+                    reloadDeadline: .milliseconds(Int64(reloadDeadline * 1000)),
+                    externalWorkers: workerSocket.map {
+                        Supervisor.ExternalWorkers(
+                            path: $0, uid: workerUID.flatMap(Share.userID), gid: workerGID.flatMap(BrokerCommand.groupID))
+                    }),
                 successorArguments: successorArguments, logger: logger)
         }
         // SIGTERM and SIGINT drain (graceful shutdown); SIGHUP reloads; SIGUSR2 upgrades. The

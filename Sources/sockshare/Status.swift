@@ -100,6 +100,19 @@ struct Status: ParsableCommand {
                     + pad(String(worker.restarts), 8) + " " + pad(worker.ready ? "yes" : "no", 5) + " "
                     + pad("\(worker.uptimeSeconds) s", 8) + " " + (worker.draining ? "draining" : (worker.generation == status.generation ? "serving" : "starting")))
         }
+        if let external = status.externalWorkers {
+            lines.append(
+                "\(external.count) external worker\(external.count == 1 ? "" : "s") connected (\(status.externalRefusals ?? 0) refused by uid or gid)")
+            if !external.isEmpty {
+                lines.append("ID   PID      UID      HANDLED    IN FLIGHT READY CONNECTED")
+                for worker in external {
+                    lines.append(
+                        pad(String(worker.id), 4) + " " + pad(worker.pid == 0 ? "-" : String(worker.pid), 8) + " "
+                            + pad(String(worker.uid), 8) + " " + pad(String(worker.handled), 10) + " " + pad(String(worker.inFlight), 9)
+                            + " " + pad(worker.ready ? "yes" : "no", 5) + " " + "\(worker.connectedSeconds) s")
+                }
+            }
+        }
         try Terminal.run { () throws(SocketShareError) in try Terminal.line(lines.joined(separator: "\n")) }
     }
 

@@ -136,7 +136,8 @@ extension SocketShareTests {
                 try target.call("close", adopted[0])
             }
             #expect(try broker.process.wait(deadline: .now + .seconds(10)) == .signaled(SIGKILL))
-            #expect(try target.call("fdcount")[0] == baseline)
+            // Counted until it settles: once, on a loaded machine, one count came back one over.
+            #expect(eventually { (try? target.call("fdcount")[0]) == baseline }, "\((try? target.call("fdcount")) ?? []) vs \(baseline)")
             _ = try target.finish()
             _ = try source.finish()
         }

@@ -53,8 +53,10 @@ extension SocketShareTests {
                 command: ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", Self.helloWorker], workers: 2)
             let workers = try serve.status().workers.map(\.pid)
             for pid in workers {
-                let status = String(decoding: try Kernel.readFile("/proc/\(pid)/status"), as: UTF8.self)
-                #expect(status.contains("\nUid:\t65534\t"), "worker \(pid) runs as nobody")
+                // In shared mode a shell sets LISTEN_PID first, then setpriv drops: wait for the exec.
+                #expect(eventually {
+                    String(decoding: (try? Kernel.readFile("/proc/\(pid)/status")) ?? [], as: UTF8.self).contains("\nUid:\t65534\t")
+                }, "worker \(pid) runs as nobody")
             }
             let environment = String(decoding: try Kernel.readFile("/proc/\(workers[0])/environ"), as: UTF8.self)
             let notify = try #require(environment.split(separator: "\0").first { $0.hasPrefix("NOTIFY_SOCKET=") }.map { String($0.dropFirst(14)) })

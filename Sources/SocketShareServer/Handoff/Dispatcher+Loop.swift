@@ -30,7 +30,9 @@ extension Dispatcher {
             self.pid = pid
             self.generation = generation
             self.channel = channel
-            self.process = try? ProcessDescriptor(pid: pid)
+            // External workers have no pid here (`WorkerPool.externalGeneration`): their channel
+            // closing is how they are known to be gone.
+            self.process = pid > 0 ? try? ProcessDescriptor(pid: pid) : nil
         }
     }
 
@@ -375,6 +377,11 @@ extension Dispatcher {
                 logger.warning("worker stalled: connections unacknowledged", metadata: [
                     "pid": "\(worker.pid)", "waiting": "\(pool.member(worker.pid)?.unacknowledged.count ?? 0)",
                 ])
+                if worker.generation == WorkerPool<Pending>.externalGeneration {
+                    // Not ours to kill: drop its channel; what it had not acknowledged goes to others.
+                    remove(worker, reason: "stalled and was disconnected")
+                    return
+                }
                 configuration.onStall?(worker.pid)
                 updateListening()
             }

@@ -55,6 +55,11 @@ package struct WorkerPool<Connection> {
     /// Connections for one worker, in order.
     package typealias Batch = [(id: UInt64, connection: Connection)]
 
+    /// The generation of external workers (`serve --worker-socket`): processes serve did not start,
+    /// which connect by themselves. Reloads do not touch them (they belong to no generation serve
+    /// starts), and they take connections once they say they are ready.
+    package static var externalGeneration: Int { 0 }
+
     package let policy: Supervisor.Policy
     /// The most connections in flight to one worker.
     package let limit: Int
@@ -99,7 +104,7 @@ package struct WorkerPool<Connection> {
     /// workers retired now (to be told to finish and exit).
     package mutating func promote(generation: Int) -> [pid_t] {
         var retired: [pid_t] = []
-        for index in members.indices {
+        for index in members.indices where members[index].generation != Self.externalGeneration {
             if members[index].generation == generation {
                 members[index].isAccepting = true
             } else if !members[index].isRetired {
@@ -123,9 +128,11 @@ package struct WorkerPool<Connection> {
         members[index].isStalled = true
     }
 
+    /// `pid` says it is ready; an external worker takes connections from now on.
     package mutating func ready(_ pid: pid_t) {
         guard let index = position(of: pid) else { return }
         members[index].isReady = true
+        if members[index].generation == Self.externalGeneration { members[index].isAccepting = true }
     }
 
     /// When `pid`'s oldest unacknowledged connection was sent.

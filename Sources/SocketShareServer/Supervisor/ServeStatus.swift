@@ -37,6 +37,26 @@ public struct ServeStatus: Codable, Sendable, Hashable {
         public var draining: Bool
     }
 
+    /// A worker serve did not start, connected at its worker socket (`--worker-socket`).
+    public struct ExternalWorker: Codable, Sendable, Hashable {
+        /// Its number at serve, in the order they connected.
+        public var id: Int
+        /// Its pid as serve sees it; 0 when it runs in a pid namespace serve cannot see.
+        public var pid: Int32
+        /// Its uid, by the kernel's word at connect time.
+        public var uid: UInt32
+        /// Connections it acknowledged.
+        public var handled: Int
+        /// Connections sent to it and not acknowledged, plus those it reports open.
+        public var inFlight: Int
+        /// Connections sent to it and not acknowledged: another worker gets them if it goes away.
+        public var unacknowledged: Int
+        /// Whether it said it is ready (it gets no connection before).
+        public var ready: Bool
+        /// Seconds since it connected.
+        public var connectedSeconds: Int
+    }
+
     /// How the last reload (or upgrade) ended.
     public struct ReloadOutcome: Codable, Sendable, Hashable {
         /// `reload` or `upgrade`.
@@ -75,6 +95,10 @@ public struct ServeStatus: Codable, Sendable, Hashable {
     public var lastReload: ReloadOutcome?
     /// Whether a reload or an upgrade is under way.
     public var reloading: Bool
+    /// The external workers connected now; nil without a worker socket.
+    public var externalWorkers: [ExternalWorker]?
+    /// External workers refused by their uid or gid, in all; nil without a worker socket.
+    public var externalRefusals: Int?
 
     /// The JSON form.
     public var json: [UInt8] {
@@ -94,8 +118,11 @@ public struct ServeStatus: Codable, Sendable, Hashable {
 
     package init(
         pid: Int32, mode: String, policy: String?, listeners: [Listener], workers: [Worker], accepted: Int?,
-        redispatched: Int?, waiting: Int?, generation: Int, lastReload: ReloadOutcome?, reloading: Bool
+        redispatched: Int?, waiting: Int?, generation: Int, lastReload: ReloadOutcome?, reloading: Bool,
+        externalWorkers: [ExternalWorker]? = nil, externalRefusals: Int? = nil
     ) {
+        self.externalWorkers = externalWorkers
+        self.externalRefusals = externalRefusals
         self.lastReload = lastReload
         self.reloading = reloading
         self.pid = pid

@@ -19,7 +19,9 @@ extension Supervisor {
     public static let predecessorVariable = "SOCKSHARE_PREDECESSOR_FD"
 
     func beginUpgrade(binary: String, deadline: Duration, requester: DescriptorChannel?) {
-        let refusal = ProcessSpawner.resolveExecutable(binary) == nil
+        let refusal = configuration.externalWorkers != nil
+            ? "an upgrade does not yet carry the worker socket and its external workers over; restart serve instead"
+            : ProcessSpawner.resolveExecutable(binary) == nil
             ? "\(binary): no such executable"
             : state.beginUpgrade(binary: binary, now: .now, deadline: deadline)?.description
         if let refusal {

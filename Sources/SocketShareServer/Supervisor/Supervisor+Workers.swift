@@ -9,6 +9,7 @@ extension Supervisor {
     /// adopt a predecessor's), and say so.
     func begin() {
         watchSharedSockets(true)
+        watchWorkerSocket()
         if predecessor != nil {
             adoptPredecessorsWorkers()
         } else {
@@ -235,6 +236,7 @@ extension Supervisor {
         for path in ownedPaths { Kernel.unlink(path) }
         try? control.close()
         Kernel.unlink(controlPath)
+        closeWorkerSocket()
         notifications.close()
         try? Kernel.close(devNull)
         logger.notice("stopped")
@@ -261,6 +263,8 @@ extension Supervisor {
                     uptimeSeconds: Int((now - worker.started).components.seconds), draining: worker.drainDeadline != nil)
             },
             accepted: dispatched?.accepted, redispatched: dispatched?.redispatched, waiting: dispatched?.waiting,
-            generation: state.currentGeneration, lastReload: lastReload, reloading: state.reload != nil || state.upgrade != nil)
+            generation: state.currentGeneration, lastReload: lastReload, reloading: state.reload != nil || state.upgrade != nil,
+            externalWorkers: configuration.externalWorkers == nil ? nil : externalWorkerStatus(dispatched),
+            externalRefusals: configuration.externalWorkers == nil ? nil : externalRefusals)
     }
 }

@@ -84,14 +84,18 @@ public final class Supervisor: Service, @unchecked Sendable {
         /// How long a reload (or an upgrade) may take before it is rolled back, when the request
         /// does not say.
         public var reloadDeadline: Duration
+        /// Where workers serve did not start may connect (handoff mode); nil for none. With it,
+        /// ``workers`` may be 0 (and ``command`` empty): serve then only hands connections to them.
+        public var externalWorkers: ExternalWorkers?
 
         /// Creates a configuration.
         public init(
             listeners: [ListenerSpecification], workers: Int, mode: Mode, policy: Policy = .roundRobin,
             command: [String], controlPath: String? = nil, drainTimeout: Duration = .seconds(10),
             stallTimeout: Duration = .seconds(5), maximumInFlightPerWorker: Int = 256, backlog: CInt = 4096,
-            readiness: Readiness = .notify, reloadDeadline: Duration = .seconds(30)
+            readiness: Readiness = .notify, reloadDeadline: Duration = .seconds(30), externalWorkers: ExternalWorkers? = nil
         ) {
+            self.externalWorkers = externalWorkers
             self.listeners = listeners
             self.workers = workers
             self.mode = mode
@@ -146,6 +150,13 @@ public final class Supervisor: Service, @unchecked Sendable {
     package var predecessor: (channel: DescriptorChannel, workers: [InheritedWorker])?
     /// When the drain gives up on workers that ignore even `SIGKILL`.
     package var drainGiveUp: ContinuousClock.Instant?
+    /// Where external workers connect (`Supervisor+ExternalWorkers.swift`), and its watch.
+    package var workerSocket: SocketDescriptor?
+    package var workerSocketWatch: Reactor.Watch?
+    /// The external workers connected, by their (negative) id in the dispatcher.
+    package var externalWorkers: [pid_t: ExternalWorker] = [:]
+    package var nextExternalID: pid_t = -1
+    package var externalRefusals = 0
 
     /// A worker process, as the supervisor's I/O holds it.
     package struct WorkerProcess {
@@ -173,15 +184,23 @@ public final class Supervisor: Service, @unchecked Sendable {
     ///     over with ``succeeding(channelDescriptor:successorArguments:logger:)``.
     /// - Throws: ``SocketShareError`` with code `invalidArgument` naming the setting at fault.
     public convenience init(configuration: Configuration, successorArguments: [String], logger: Logger) throws(SocketShareError) {
-        guard configuration.workers > 0 else {
-            throw SocketShareError(.invalidArgument, operation: "serve", detail: "workers: \(configuration.workers); at least 1 is needed")
-        }
-        guard let program = configuration.command.first else {
-            throw SocketShareError(.invalidArgument, operation: "serve", detail: "no worker command")
-        }
-        guard ProcessSpawner.resolveExecutable(program) != nil else {
+        if configuration.externalWorkers != nil, configuration.mode != .handoff {
             throw SocketShareError(
-                .invalidArgument, operation: "serve", detail: "command \(program): no such executable (is it on PATH?)")
+                .invalidArgument, operation: "serve", detail: "external workers take handed-off connections: handoff mode only")
+        }
+        guard configuration.workers > 0 || (configuration.externalWorkers != nil && configuration.workers == 0) else {
+            throw SocketShareError(
+                .invalidArgument, operation: "serve",
+                detail: "workers: \(configuration.workers); at least 1 is needed (0 only with external workers)")
+        }
+        if configuration.workers > 0 {
+            guard let program = configuration.command.first else {
+                throw SocketShareError(.invalidArgument, operation: "serve", detail: "no worker command")
+            }
+            guard ProcessSpawner.resolveExecutable(program) != nil else {
+                throw SocketShareError(
+                    .invalidArgument, operation: "serve", detail: "command \(program): no such executable (is it on PATH?)")
+            }
         }
         let serviceManager = SystemdNotifier.fromEnvironment()
         unsetenv("NOTIFY_SOCKET")
@@ -189,6 +208,7 @@ public final class Supervisor: Service, @unchecked Sendable {
         var owned: [String] = []
         var cleanup: [SocketDescriptor] = []
         var notify: NotifyListener?
+        var workerSocketToUse: SocketDescriptor?
         do throws(SocketShareError) {
             let inherited = try SystemdListeners.inherited()
             cleanup += inherited.map(\.socket)
@@ -238,13 +258,20 @@ public final class Supervisor: Service, @unchecked Sendable {
             cleanup.append(control)
             let notifications = try NotifyListener(forControlSocket: path)
             notify = notifications
+            if let external = configuration.externalWorkers {
+                let socket = try Self.bindWorkerSocket(external)
+                cleanup.append(socket)
+                workerSocketToUse = socket
+            }
             try self.init(
                 configuration: configuration, logger: logger, listeners: listeners, ownedPaths: owned,
                 control: control, controlPath: path, notifications: notifications, serviceManager: serviceManager,
                 successorArguments: successorArguments, state: SupervisorState(workerCount: configuration.workers))
+            workerSocket = workerSocketToUse
         } catch {
             for socket in cleanup { try? socket.close() }
             for path in owned { Kernel.unlink(path) }
+            if workerSocketToUse != nil, let path = configuration.externalWorkers?.path { Kernel.unlink(path) }
             notify?.close()
             throw error
         }
