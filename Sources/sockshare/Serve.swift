@@ -22,6 +22,11 @@ struct Serve: AsyncParsableCommand {
             acknowledges it, so a worker that dies, stalls (it is killed) or refuses loses none. When every \
             worker is full, sockshare stops accepting and connections wait in the kernel's backlog.
 
+            --worker-socket PATH (handoff): workers sockshare did not start (in other containers, say) \
+            connect to PATH ($SOCKSHARE_WORKER_SOCKET for ConnectionServer-based workers) and take connections \
+            with the same guarantees; only --worker-uid (default: this user) and --worker-gid may. With \
+            --workers 0 sockshare runs none of its own, and COMMAND may be omitted (docs/SERVE.md).
+
             ADDR: tcp://HOST:PORT, tcp://[IPv6]:PORT, udp://HOST:PORT (shared mode), unix:///PATH. \
             SIGTERM or SIGINT drain: stop accepting, let workers finish, SIGTERM them at --drain-timeout, \
             SIGKILL 2 s later; exit 0. `sockshare status --control PATH` shows listeners and workers.
