@@ -92,6 +92,13 @@ extension SocketShareTests {
             #expect(output.contains("the broker handed 'web' to 21 generations"))
         }
 
+        @Test(.enabled(if: getuid() == 0, "makes pid namespaces: needs root"))
+        func sidecarHandsConnectionsToAppContainersThatComeAndGo() throws {
+            let output = try Self.runExample("sidecar", okLines: 1)
+            #expect(output.contains("10 blue/green app replacements under load: attempted"))
+            #expect(output.contains("failed 0, reset 0, refused 0, timed out 0"))
+        }
+
         @Test func theContainerFilesAreWellFormed() throws {
             let run = try ProgramRun.run("python3", [CommandLineTests.scripts + "/check_container_files.py", Self.examples + "/container-replacement"])
             #expect(run.status == .exited(0) && run.standardOutput == "container files: ok\n", "\(run.standardOutput)\(run.standardError)")
@@ -109,7 +116,7 @@ extension SocketShareTests {
         /// Every example has its page, its script, and the page tells how to run the script.
         @Test(arguments: [
             "privilege-separation", "network-namespaces", "winsock-porting", "any-language", "nio-http-app", "hummingbird-app",
-            "vapor-app", "systemd", "container-replacement",
+            "vapor-app", "systemd", "container-replacement", "sidecar",
         ])
         func everyExampleHasAPageThatRunsIt(_ name: String) throws {
             let page = String(decoding: try Kernel.readFile(Self.examples + "/\(name)/README.md"), as: UTF8.self)
