@@ -30,12 +30,15 @@ for name, container in containers.items():
     if env.get("SOCKSHARE_BROKER") != "/run/shared/sockshare/broker.sock":
         problems.append(f"pod.yaml: {name} does not name the broker's socket on the volume")
 script = " ".join(containers.get("sidecar", {}).get("args", []))
-for needed in ("sockshare broker", "--group 1000", "--name web", "--keep", "--for-uid 1000"):
-    if needed not in script:
+for needed in ("sockshare broker", "--group 1000", "sockshare bind tcp://0.0.0.0:8080", "--name web", "--keep",
+               "--for-uid 1000", "sockshare serve --mode handoff --workers 0", "--worker-socket /run/shared/serve/workers.sock",
+               "--worker-uid 1000 --worker-gid 1000"):
+    if needed not in " ".join(script.split()):
         problems.append(f"pod.yaml: the sidecar does not run {needed!r}")
 app = containers.get("app", {})
-if app.get("command", [])[:4] != ["sockshare", "adopt", "--name", "web"]:
-    problems.append("pod.yaml: the app does not adopt web by name")
+app_env = {e["name"]: e["value"] for e in app.get("env", [])}
+if app.get("command") != ["hello-worker"] or app_env.get("SOCKSHARE_WORKER_SOCKET") != "/run/shared/serve/workers.sock":
+    problems.append("pod.yaml: the app does not connect to the sidecar's worker socket")
 if app.get("securityContext", {}).get("runAsUser") != 1000:
     problems.append("pod.yaml: the app does not run as uid 1000")
 

@@ -54,11 +54,37 @@ sleep 0.5
 kill -INT $load && wait $load
 read -r _ attempted _ answered _ failed _ reset _ refused _ timed_out < "$work/load"
 say "$replacements replacements under load: attempted $attempted, answered $answered, failed $failed, reset $reset, refused $refused, timed out $timed_out"
+
+# The same with keep-alive clients (wrk, when installed): each generation that drains answers what
+# its clients sent with `Connection: close` and closes; the clients reconnect to the next one.
+keepalive="skipped (no wrk installed)"
+if command -v wrk > /dev/null; then
+    wrk -t1 -c16 -d"$((replacements / 2 + 4))s" "http://127.0.0.1:$port/" > "$work/wrk" 2>&1 &
+    wrk_pid=$!
+    sleep 1
+    for generation in $(seq 1 "$replacements"); do
+        start_generation
+        sleep 0.2
+        kill -TERM "$(inside $current)"
+        wait $current || fail "keep-alive round $generation: the old generation did not exit 0 after draining"
+        current=$generation_pid
+    done
+    wait $wrk_pid
+    requests=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$work/wrk")
+    socket_errors=$(sed -n 's/^ *Socket errors: connect \([0-9]*\), read \([0-9]*\), write \([0-9]*\), timeout \([0-9]*\)/\1+\2+\3+\4/p' "$work/wrk")
+    non2xx=$(sed -n 's/^ *Non-2xx or 3xx responses: \([0-9]*\)/\1/p' "$work/wrk")
+    keepalive_failed=$(( ${socket_errors:-0} + ${non2xx:-0} ))
+    keepalive="$replacements more replacements under keep-alive load (wrk -c16): $requests requests, $keepalive_failed failed"
+    [ "$keepalive_failed" = 0 ] || { cat "$work/wrk"; fail "keep-alive requests failed"; }
+fi
+say "$keepalive"
 claims=$(sockshare status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["named"][0]["claims"])')
 say "the broker handed 'web' to $claims generations"
 kill -TERM "$(inside $current)"; wait $current || true
 sockshare revoke --name web > /dev/null
 [ "$answered" -gt 0 ] && [ "$answered" = "$attempted" ] && [ $((failed + reset + refused + timed_out)) = 0 ] \
     || fail "connections were lost"
-[ "$claims" = $((replacements + 1)) ] || fail "expected $((replacements + 1)) claims, got $claims"
+expected_claims=$((replacements + 1))
+command -v wrk > /dev/null && expected_claims=$((2 * replacements + 1))
+[ "$claims" = "$expected_claims" ] || fail "expected $expected_claims claims, got $claims"
 say "ok: $replacements container replacements, no connection lost, no pid shared"
