@@ -149,40 +149,11 @@ public struct BrokerClient: Sendable {
         let channel = try DescriptorChannel.connect(
             to: socketPath, for: "claim", absent: "no broker answers at \(socketPath) (start one with `sockshare broker`)")
         defer { try? channel.close() }
-        try channel.send(EscrowMessage.claimNamed(name: name).bytes, deadline: deadline)
-        try channel.waitUntil(POLLIN, deadline: deadline, operation: "receive")
-        guard let reply = try channel.receive(maximumBytes: EscrowMessage.maximumRequestLength, deadline: deadline) else {
-            throw SocketShareError(.holderGone, operation: "claim", detail: "the broker closed the connection without answering")
-        }
-        let message: EscrowMessage
-        do throws(SocketShareError) {
-            message = try EscrowMessage(bytes: reply.bytes)
-        } catch {
-            reply.closeDescriptors()
-            throw error.within("claim", code: .protocolViolation, context: "reply")
-        }
-        switch message {
-        case .claimed(let id) where reply.descriptorCount == 1:
-            let descriptor = reply.takeDescriptors()[0]
+        return try ShareClaim.exchange(.claimNamed(name: name), on: channel, deadline: deadline) { (descriptor, _) throws(SocketShareError) in
+            // No token to check it against: it must at least be a socket.
             guard (try? SocketIdentity(of: descriptor.rawValue)) != nil else {
-                try? descriptor.close()
                 throw SocketShareError(.verificationFailed, operation: "claim", detail: "the broker sent a descriptor that is not a socket")
             }
-            // Until this arrives the broker keeps the share in flight (single use: nobody else gets it).
-            try? channel.send(EscrowMessage.acknowledge(shareID: id).bytes, deadline: deadline)
-            return descriptor
-        case .failure(let failure, let text):
-            reply.closeDescriptors()
-            let cause: SocketShareError.Cause? = switch failure {
-            case .claimInProgress: .claimInProgress
-            case .policyRefused: .policyRefused
-            default: nil
-            }
-            throw SocketShareError(failure.code, operation: "claim", detail: text, cause: cause)
-        default:
-            reply.closeDescriptors()
-            throw SocketShareError(
-                .protocolViolation, operation: "claim", detail: "unexpected reply with \(reply.descriptorCount) descriptors")
         }
     }
 
@@ -199,14 +170,10 @@ public struct BrokerClient: Sendable {
 
     /// The named shares you deposited (every one, as root): names and policies, never anything more.
     public func namedShares() throws(SocketShareError) -> [NamedShare] {
-        var shares: [NamedShare] = []
-        var after: UInt64 = 0
-        while true {
+        try pages(\.id) { (after) throws(SocketShareError) in
             let reply = try request(.listNamed(after: after), operation: "list")
             guard case .namedListing(let more, let page) = reply else { throw unexpected(reply, "list") }
-            shares += page
-            guard more, let last = page.last else { return shares }
-            after = last.id
+            return (more, page)
         }
     }
 
@@ -218,14 +185,24 @@ public struct BrokerClient: Sendable {
 
     /// The shares you deposited (every share, as root).
     public func list() throws(SocketShareError) -> [HeldShare] {
-        var shares: [HeldShare] = []
-        var after: UInt64 = 0
-        while true {
+        try pages(\.id) { (after) throws(SocketShareError) in
             let reply = try request(.list(after: after), operation: "list")
             guard case .listing(let more, let page) = reply else { throw unexpected(reply, "list") }
-            shares += page
-            guard more, let last = page.last else { return shares }
-            after = last.id
+            return (more, page)
+        }
+    }
+
+    /// Every page of a listing: asks for ids above the last one seen while the broker says there is more.
+    private func pages<Entry>(
+        _ id: (Entry) -> UInt64, _ page: (UInt64) throws(SocketShareError) -> (more: Bool, entries: [Entry])
+    ) throws(SocketShareError) -> [Entry] {
+        var entries: [Entry] = []
+        var after: UInt64 = 0
+        while true {
+            let (more, next) = try page(after)
+            entries += next
+            guard more, let last = next.last else { return entries }
+            after = id(last)
         }
     }
 

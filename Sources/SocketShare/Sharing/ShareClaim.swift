@@ -10,6 +10,25 @@ package enum ShareClaim {
         let channel = try connect(to: token)
         defer { try? channel.close() }
         FaultPoint.reached("claim.afterConnect")
+        return try exchange(
+            .claim(shareID: token.shareID, secret: secret), on: channel, deadline: deadline
+        ) { (descriptor, id) throws(SocketShareError) in
+            guard id == token.shareID else {
+                throw SocketShareError(.protocolViolation, operation: "claim", detail: "the holder answered for share \(id), not \(token.shareID)")
+            }
+            try verify(descriptor, against: token)
+        }
+    }
+
+    /// The claimant's half of a claim on a connected `channel`: sends `request` (`claim` or
+    /// `claimNamed`), receives the answer, checks the descriptor with `check` (given the share id
+    /// the holder named), and acknowledges it. A refusal is thrown with the holder's code and text
+    /// (and, for `claimInProgress` and `policyRefused`, the matching cause); a descriptor that fails
+    /// the check is closed and not acknowledged.
+    package static func exchange(
+        _ request: EscrowMessage, on channel: DescriptorChannel, deadline: ContinuousClock.Instant,
+        check: (SocketDescriptor, UInt64) throws(SocketShareError) -> Void
+    ) throws(SocketShareError) -> SocketDescriptor {
         // Failures of the channel itself are reported as the claim's; the protocol's own are made so.
         func io<T>(_ body: () throws(SocketShareError) -> T) throws(SocketShareError) -> T {
             do throws(SocketShareError) {
@@ -18,9 +37,7 @@ package enum ShareClaim {
                 throw error.within("claim")
             }
         }
-        try io { () throws(SocketShareError) in
-            try channel.send(EscrowMessage.claim(shareID: token.shareID, secret: secret).bytes, deadline: deadline)
-        }
+        try io { () throws(SocketShareError) in try channel.send(request.bytes, deadline: deadline) }
         FaultPoint.reached("claim.afterRequest")
         guard let reply = try io({ () throws(SocketShareError) in
             // The answer takes the holder a wake-up: wait for it first, then read it once.
@@ -37,11 +54,11 @@ package enum ShareClaim {
             throw error.within("claim", code: .protocolViolation, context: "reply")
         }
         switch message {
-        case .claimed(let id) where id == token.shareID && reply.descriptorCount == 1:
+        case .claimed(let id) where reply.descriptorCount == 1:
             let descriptor = reply.takeDescriptors()[0]
             FaultPoint.reached("claim.afterReceive")
             do throws(SocketShareError) {
-                try verify(descriptor, against: token)
+                try check(descriptor, id)
             } catch {
                 try? descriptor.close()
                 throw error
@@ -51,7 +68,12 @@ package enum ShareClaim {
             return descriptor
         case .failure(let failure, let text):
             reply.closeDescriptors()
-            throw SocketShareError(failure.code, operation: "claim", detail: text)
+            let cause: SocketShareError.Cause? = switch failure {
+            case .claimInProgress: .claimInProgress
+            case .policyRefused: .policyRefused
+            default: nil
+            }
+            throw SocketShareError(failure.code, operation: "claim", detail: text, cause: cause)
         default:
             reply.closeDescriptors()
             throw SocketShareError(

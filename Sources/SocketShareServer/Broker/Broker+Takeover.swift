@@ -52,22 +52,12 @@ extension Broker {
                 EscrowMessage.takeoverListener(shareCount: UInt32(entries.count), namedCount: UInt32(namedEntries.count)).bytes,
                 descriptors: [holder.listener.rawValue], deadline: deadline)
             FaultPoint.reached("takeover.afterListener")
-            var index = 0
-            while index < entries.count {
-                let batch = entries[index..<min(index + Self.takeoverBatch, entries.count)]
-                try successor.channel.send(
-                    EscrowMessage.takeoverShares(batch.map(\.record)).bytes, descriptors: batch.map(\.held.rawValue),
-                    deadline: deadline)
-                index += batch.count
-            }
-            index = 0
-            while index < namedEntries.count {
-                let batch = namedEntries[index..<min(index + EscrowMessage.namedTakeoverBatch, namedEntries.count)]
-                try successor.channel.send(
-                    EscrowMessage.takeoverNamed(batch.map(\.record)).bytes, descriptors: batch.map(\.held.rawValue),
-                    deadline: deadline)
-                index += batch.count
-            }
+            try Self.send(entries, in: Self.takeoverBatch, on: successor.channel, deadline: deadline) {
+                .takeoverShares($0.map(\.record))
+            } descriptor: { $0.held.rawValue }
+            try Self.send(namedEntries, in: EscrowMessage.namedTakeoverBatch, on: successor.channel, deadline: deadline) {
+                .takeoverNamed($0.map(\.record))
+            } descriptor: { $0.held.rawValue }
             FaultPoint.reached("takeover.afterShares")
             guard let reply = try successor.channel.receive(maximumBytes: EscrowMessage.maximumRequestLength, deadline: deadline),
                   (try? EscrowMessage(bytes: reply.bytes)) == .takeoverDone else {
@@ -80,6 +70,19 @@ extension Broker {
         } catch {
             logger.error("takeover failed; serving on", metadata: ["error": "\(error)"])
             holder.close(successor, releasing: true)
+        }
+    }
+
+    /// Sends `entries` in messages of at most `batch`, each with its entries' descriptors attached in order.
+    private static func send<Entry>(
+        _ entries: [Entry], in batch: Int, on channel: DescriptorChannel, deadline: ContinuousClock.Instant,
+        message: (ArraySlice<Entry>) -> EscrowMessage, descriptor: (Entry) -> CInt
+    ) throws(SocketShareError) {
+        var index = 0
+        while index < entries.count {
+            let slice = entries[index..<min(index + batch, entries.count)]
+            try channel.send(message(slice).bytes, descriptors: slice.map(descriptor), deadline: deadline)
+            index += slice.count
         }
     }
 
