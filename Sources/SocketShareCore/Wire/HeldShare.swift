@@ -63,12 +63,7 @@ public struct HeldShare: Hashable, Sendable {
 
     package init(from reader: inout ByteReader) throws(SocketShareError) {
         id = try reader.read(field: "id")
-        let familyCode: UInt8 = try reader.read(field: "family")
-        guard let family = SocketFamily(rawValue: familyCode) else { throw reader.invalid("family", "\(familyCode) is not a family") }
-        self.family = family
-        let typeCode: UInt8 = try reader.read(field: "type")
-        guard let kind = SocketKind(rawValue: typeCode) else { throw reader.invalid("type", "\(typeCode) is not a type") }
-        self.kind = kind
+        (family, kind) = try reader.readFamilyAndKind()
         protocolNumber = CInt(bitPattern: try reader.read(UInt32.self, field: "protocol"))
         let flags: UInt8 = try reader.read(field: "flags")
         isListening = flags & 1 != 0
@@ -92,5 +87,16 @@ extension HeldShare {
             sourcePID: record.depositor.pid, targetPID: record.target.identity.pid, depositorUID: record.depositorUID,
             ageMilliseconds: now &- record.createdAtMilliseconds,
             expiresInMilliseconds: record.expiresAtMilliseconds > now ? record.expiresAtMilliseconds - now : 0)
+    }
+}
+
+extension ByteReader {
+    /// A socket's family and type, one byte each (listings of held and named shares).
+    package mutating func readFamilyAndKind() throws(SocketShareError) -> (SocketFamily, SocketKind) {
+        let familyCode: UInt8 = try read(field: "family")
+        guard let family = SocketFamily(rawValue: familyCode) else { throw invalid("family", "\(familyCode) is not a family") }
+        let typeCode: UInt8 = try read(field: "type")
+        guard let kind = SocketKind(rawValue: typeCode) else { throw invalid("type", "\(typeCode) is not a type") }
+        return (family, kind)
     }
 }

@@ -79,12 +79,7 @@ public struct NamedShare: Hashable, Sendable {
         keep = flags & 1 != 0
         isListening = flags & 2 != 0
         claims = try reader.read(field: "claims")
-        let familyCode: UInt8 = try reader.read(field: "family")
-        guard let family = SocketFamily(rawValue: familyCode) else { throw reader.invalid("family", "\(familyCode) is not a family") }
-        self.family = family
-        let typeCode: UInt8 = try reader.read(field: "type")
-        guard let kind = SocketKind(rawValue: typeCode) else { throw reader.invalid("type", "\(typeCode) is not a type") }
-        self.kind = kind
+        (family, kind) = try reader.readFamilyAndKind()
         sourcePID = pid_t(bitPattern: try reader.read(UInt32.self, field: "sourcePid"))
         depositorUID = try reader.read(field: "depositorUid")
         ageMilliseconds = try reader.read(field: "age")
