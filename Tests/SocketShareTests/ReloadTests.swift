@@ -77,6 +77,32 @@ extension SocketShareTests {
             #expect(try Kernel.linkStatus(directory) == nil, "the notify directory is removed on stop")
         }
 
+        /// A serve killed with SIGKILL leaves its notify directory behind; the next serve removes it
+        /// (nobody serves its socket), and leaves a live serve's alone.
+        @Test(.enabled(if: geteuid() == 0, "the open notify socket is made when serve runs as root"))
+        func staleNotifyDirectoriesAreRemovedAndLiveOnesKept() throws {
+            let live = try ServeProcess(["--listen", "tcp://127.0.0.1:0", "--mode", "handoff"], command: [Self.helloWorker], workers: 1)
+            let killed = try ServeProcess(["--listen", "tcp://127.0.0.1:0", "--mode", "handoff"], command: [Self.helloWorker], workers: 1)
+            func notifyDirectory(of serve: ServeProcess) throws -> String {
+                let worker = try #require(try serve.status().workers.first?.pid)
+                let environment = String(decoding: try Kernel.readFile("/proc/\(worker)/environ"), as: UTF8.self)
+                let path = try #require(environment.split(separator: "\0").first { $0.hasPrefix("NOTIFY_SOCKET=") }.map { String($0.dropFirst(14)) })
+                return String(path[..<path.lastIndex(of: "/")!])
+            }
+            let liveDirectory = try notifyDirectory(of: live)
+            let staleDirectory = try notifyDirectory(of: killed)
+            let orphan = try #require(try killed.status().workers.first?.pid)
+            try killed.process.signal(SIGKILL)
+            _ = try killed.process.wait()
+            _ = Glibc.kill(orphan, SIGKILL)
+            #expect(try Kernel.linkStatus(staleDirectory) != nil, "SIGKILL leaves it behind")
+            let next = try ServeProcess(["--listen", "tcp://127.0.0.1:0", "--mode", "handoff"], command: [Self.helloWorker], workers: 1)
+            #expect(try Kernel.linkStatus(staleDirectory) == nil, "the next serve removed the stale one")
+            #expect(try Kernel.linkStatus(liveDirectory) != nil, "and kept the live one")
+            try next.stop()
+            try live.stop()
+        }
+
         /// A process that is not a worker writes READY=1 to the notify socket: it is not heeded.
         @Test(.enabled(
             if: geteuid() == 0 && access("/usr/bin/python3", X_OK) == 0,

@@ -85,9 +85,10 @@ package final class NotifyListener: Sendable {
     static let directoryPrefix = "sockshare-notify-"
 
     /// A fresh `sockshare-notify-XXXXXX` directory, mode 0711, in `/run` (else `/tmp`); nil when
-    /// neither takes one.
+    /// neither takes one. Directories a serve killed with `SIGKILL` left behind are removed first.
     private static func openDirectory() -> String? {
         for base in ["/run", "/tmp"] {
+            removeStaleDirectories(in: base)
             var template = Array("\(base)/\(directoryPrefix)XXXXXX".utf8CString)
             let made = template.withUnsafeMutableBufferPointer { buffer -> String? in
                 guard let path = mkdtemp(buffer.baseAddress!) else { return nil }
@@ -101,6 +102,30 @@ package final class NotifyListener: Sendable {
             return made
         }
         return nil
+    }
+
+    /// Removes the notify directories in `base` whose socket nobody serves any more (their serve
+    /// was killed before it could clean up): ours, and refusing a datagram (`ECONNREFUSED`). One
+    /// being set up (no socket yet) or in use (the send is accepted) is left alone.
+    private static func removeStaleDirectories(in base: String) {
+        for name in Kernel.directoryEntries(base) where name.hasPrefix(directoryPrefix) {
+            let directory = base + "/" + name
+            let path = directory + "/notify"
+            guard let info = try? Kernel.linkStatus(directory), info.st_uid == geteuid(),
+                  let socketInfo = try? Kernel.linkStatus(path), socketInfo.st_mode & S_IFMT == S_IFSOCK,
+                  let probe = try? SocketDescriptor.socket(.unix, .datagram) else { continue }
+            var refused = false
+            do throws(SocketShareError) {
+                try Kernel.connect(probe.rawValue, to: .unix(path: path))
+            } catch {
+                refused = error.errno?.rawValue == ECONNREFUSED
+            }
+            try? probe.close()
+            if refused {
+                Kernel.unlink(path)
+                rmdir(directory)
+            }
+        }
     }
 
     /// Closes the socket and removes its path (and its own directory, when it has one).
