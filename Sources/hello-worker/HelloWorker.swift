@@ -3,6 +3,8 @@
 //
 // One `ConnectionServer` serves it whichever way it was started:
 //   - handoff: $SOCKSHARE_WORKER_FD (sockshare serve --mode handoff) — connections handed over;
+//   - external: $SOCKSHARE_WORKER_SOCKET (sockshare serve --worker-socket PATH) — it connects to
+//     a serve that did not start it, and connections are handed over the same way;
 //   - shared:  LISTEN_FDS/LISTEN_PID (sockshare serve --mode shared, systemd) — it accepts itself;
 //   - alone:   hello-worker --bind HOST:PORT [--reuse-port] — its own listener.
 // A ServiceGroup runs it: SIGTERM or SIGINT drains it (the group's signals, not the library's).

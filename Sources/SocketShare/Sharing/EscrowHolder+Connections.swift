@@ -143,12 +143,11 @@ extension EscrowHolder {
         guard request.isRequest else {
             return .replyAndClose(.failure(.unknownMessage, "that message is a reply; a holder does not accept it"))
         }
-        if case .deposit = request {
-            guard descriptors.count == 1 else {
-                return .replyAndClose(.failure(
-                    .malformed, "a deposit carries exactly one descriptor; \(descriptors.count) came (closed)"))
-            }
-        } else if case .depositNamed = request {
+        let isDeposit = switch request {
+        case .deposit, .depositNamed: true
+        default: false
+        }
+        if isDeposit {
             guard descriptors.count == 1 else {
                 return .replyAndClose(.failure(
                     .malformed, "a deposit carries exactly one descriptor; \(descriptors.count) came (closed)"))
