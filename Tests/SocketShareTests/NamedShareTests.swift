@@ -183,14 +183,19 @@ extension SocketShareTests {
 
         static let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
-        @Test(.enabled(if: geteuid() == 0, "needs root to run processes as nobody"))
-        func policiesAreExactAndDenyByDefault() throws {
-            // Outside the private test directory, which nobody could not enter.
+        /// A broker opened to nobody's group, in a directory outside the private test directory
+        /// (which nobody could not enter); the caller removes `parent`.
+        static func brokerNobodyCanReach() throws -> (broker: BrokerProcess, parent: String) {
             var template = Array("/tmp/sockshare-named-XXXXXX".utf8CString)
             let parent = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
             chmod(parent, 0o755)
+            return (try BrokerProcess(arguments: ["--group", "65534"], directory: parent + "/run"), parent)
+        }
+
+        @Test(.enabled(if: geteuid() == 0, "needs root to run processes as nobody"))
+        func policiesAreExactAndDenyByDefault() throws {
+            let (broker, parent) = try Self.brokerNobodyCanReach()
             defer { _ = try? ProgramRun.run("rm", ["-rf", parent]) }
-            let broker = try BrokerProcess(arguments: ["--group", "65534"], directory: parent + "/run")
             let socket = try SocketDescriptor.listening(on: .ipv4(host: "127.0.0.1", port: 0))
             defer { try? socket.close() }
             let inode = try Self.inode(of: socket)
@@ -230,11 +235,8 @@ extension SocketShareTests {
         /// kernel reports its ids as the broker's namespace maps them.
         @Test(.enabled(if: hasUserNamespaces, "needs root and unprivileged user namespaces"))
         func rootInItsOwnUserNamespaceIsNobodyToThePolicy() throws {
-            var template = Array("/tmp/sockshare-userns-XXXXXX".utf8CString)
-            let parent = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-            chmod(parent, 0o755)
+            let (broker, parent) = try Self.brokerNobodyCanReach()
             defer { _ = try? ProgramRun.run("rm", ["-rf", parent]) }
-            let broker = try BrokerProcess(arguments: ["--group", "65534"], directory: parent + "/run")
             let socket = try SocketDescriptor.listening(on: .ipv4(host: "127.0.0.1", port: 0))
             defer { try? socket.close() }
             let inode = try Self.inode(of: socket)
