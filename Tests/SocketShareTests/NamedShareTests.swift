@@ -75,7 +75,7 @@ extension SocketShareTests {
 
                 // A claimant takes the descriptor and goes away without acknowledging it.
                 let quitter = try DescriptorChannel.connect(to: broker.socketPath)
-                try quitter.send(EscrowMessage.claimNamed(name: "dns").bytes, deadline: .now + .seconds(5))
+                try quitter.send(EscrowMessage.claimNamed(name: "dns", waitMilliseconds: 0).bytes, deadline: .now + .seconds(5))
                 let offered = try #require(try quitter.receive(maximumBytes: 4096, deadline: .now + .seconds(5)))
                 #expect(offered.descriptorCount == 1)
                 offered.closeDescriptors()
@@ -129,6 +129,54 @@ extension SocketShareTests {
                 #expect(gone.status == .exited(1) && gone.standardError.contains("no share named never"))
             }
             #expect(openDescriptors().count == before)
+            try broker.stop()
+        }
+
+        /// The broker holds a claim with a wait: a claimant waiting behind one that has the share
+        /// gets it when that one leaves without it; an async claim that is cancelled stops waiting
+        /// and leaves nothing open on either side.
+        @Test func theBrokerHoldsAWaitingClaimAndCancellingItLeavesNothing() async throws {
+            let broker = try BrokerProcess()
+            let brokerBefore = broker.settledDescriptorCount
+            let before = openDescriptors().count
+            do {
+                let socket = try SocketDescriptor.socket(.inet, .stream)
+                _ = try broker.client.deposit(socket.rawValue, named: "busy", timeToLive: .seconds(30))
+                let inode = try Self.inode(of: socket)
+                try socket.close()
+                let first = try DescriptorChannel.connect(to: broker.socketPath)
+                try first.send(EscrowMessage.claimNamed(name: "busy", waitMilliseconds: 0).bytes, deadline: .now + .seconds(5))
+                let offered = try #require(try first.receive(maximumBytes: 4096, deadline: .now + .seconds(5)))
+                offered.closeDescriptors()
+                // Waits at the broker behind the first claimant, which then leaves without the share.
+                let client = broker.client
+                let waiting = Task { try await client.claim(named: "busy", waitingUpTo: .seconds(20)) }
+                try await Task.sleep(for: .milliseconds(300))
+                try first.close()
+                let claimed = try await waiting.value
+                #expect(try Self.inode(of: claimed) == inode)
+                try claimed.close()
+
+                // Cancelled while the broker holds it: CancellationError, at once.
+                let started = ContinuousClock.now
+                let cancelled = Task { try await client.claim(named: "never", waitingUpTo: .seconds(20)) }
+                try await Task.sleep(for: .milliseconds(300))
+                cancelled.cancel()
+                await #expect(throws: CancellationError.self) { try await cancelled.value }
+                #expect(ContinuousClock.now - started < .seconds(5))
+
+                // Without a deposit, the wait ends with the refusal of the last try.
+                let waited = ContinuousClock.now
+                #expect { try client.claim(named: "never", waitingUpTo: .milliseconds(400)) } throws: {
+                    ($0 as? SocketShareError)?.code == .notFound
+                }
+                #expect(ContinuousClock.now - waited >= .milliseconds(400), "the broker held the claim for the wait")
+                #expect(throws: SocketShareError.self, "a wait above a day is refused") {
+                    try client.claim(named: "never", waitingUpTo: .seconds(86_401))
+                }
+            }
+            #expect(eventually { openDescriptors().count == before })
+            #expect(broker.settledDescriptorCount == brokerBefore, "the broker closed the held claims' connections")
             try broker.stop()
         }
 

@@ -93,63 +93,65 @@ public struct BrokerClient: Sendable {
     }
 
     /// Claims the share named `name`: this process gets its own descriptor of the socket,
-    /// close-on-exec. With a wait, a name not (yet) held, or a single-use share another claimant is
-    /// receiving, is asked for again until it is there or the wait is over.
+    /// close-on-exec. With a wait, the broker holds the claim while the name is not (yet) held, or
+    /// while a single-use share is in another claimant's hands, and answers once it can hand the
+    /// share out or the wait is over.
     ///
     /// - Throws: `SocketShareError`: `notFound` when no share has the name (after the wait);
-    ///   `refused` when its policy does not admit this process (the text says which condition);
-    ///   `expired`; `holderGone` when no broker answers.
+    ///   `refused` when its policy does not admit this process (the text says which condition;
+    ///   cause `policyRefused`), or when another claimant still has a single-use share at the end
+    ///   of the wait (cause `claimInProgress`); `expired`; `holderGone` when no broker answers;
+    ///   `invalidArgument` for a bad name or a wait longer than a day.
     public func claim(named name: String, waitingUpTo wait: Duration = .zero) throws(SocketShareError) -> SocketDescriptor {
-        let deadline = ContinuousClock.now + wait
-        var pause = Duration.milliseconds(10)
-        while true {
-            let failure: SocketShareError
-            do throws(SocketShareError) {
-                return try claimOnce(named: name)
-            } catch {
-                failure = error
-            }
-            guard Self.mayAppear(failure), ContinuousClock.now + pause < deadline else { throw failure }
-            var time = timespec(tv_sec: Int(pause.components.seconds), tv_nsec: Int(pause.components.attoseconds / 1_000_000_000))
-            nanosleep(&time, nil)
-            pause = min(pause * 2, .milliseconds(200))
-        }
+        let (channel, waitMilliseconds) = try connectToClaim(named: name, waitingUpTo: wait)
+        defer { try? channel.close() }
+        return try exchangeNamedClaim(name, waitMilliseconds: waitMilliseconds, on: channel)
     }
 
-    /// `claim(named:waitingUpTo:)` for async callers: waits without blocking a thread, and a
-    /// cancelled task stops waiting (it throws `CancellationError`).
+    /// `claim(named:waitingUpTo:)` for async callers: the wait blocks no thread of the cooperative
+    /// pool, and a cancelled task stops waiting (it throws `CancellationError`).
     public func claim(named name: String, waitingUpTo wait: Duration = .zero) async throws -> SocketDescriptor {
-        let deadline = ContinuousClock.now + wait
-        var pause = Duration.milliseconds(10)
-        while true {
-            try Task.checkCancellation()
-            let failure: SocketShareError
-            do throws(SocketShareError) {
-                return try claimOnce(named: name)
-            } catch {
-                failure = error
+        try Task.checkCancellation()
+        let (channel, waitMilliseconds) = try connectToClaim(named: name, waitingUpTo: wait)
+        // Cancelling shuts the socket down (a blocked wait then wakes); only the call closes it,
+        // under the lock, so a shutdown never reaches a descriptor number reused since.
+        let closed = Locked(false)
+        do {
+            return try await withTaskCancellationHandler {
+                try await BlockingCall.run { () throws(SocketShareError) in
+                    defer { closed.withLock { $0 = true; try? channel.close() } }
+                    return try exchangeNamedClaim(name, waitMilliseconds: waitMilliseconds, on: channel)
+                }
+            } onCancel: {
+                closed.withLock { if !$0 { _ = shutdown(channel.socket.rawValue, CInt(SHUT_RDWR)) } }
             }
-            guard Self.mayAppear(failure), ContinuousClock.now + pause < deadline else { throw failure }
-            try await Task.sleep(for: pause)
-            pause = min(pause * 2, .milliseconds(200))
+        } catch where Task.isCancelled {
+            throw CancellationError()
         }
     }
 
-    /// Whether a claim refused this way may succeed if asked again: the name is not held yet, or a
-    /// single-use share is in another claimant's hands, who may leave without it.
-    private static func mayAppear(_ error: SocketShareError) -> Bool {
-        error.code == .notFound || error.cause == .claimInProgress
-    }
+    /// The longest wait a named claim may ask for.
+    public static let maximumClaimWait: Duration = .seconds(86_400)
 
-    private func claimOnce(named name: String) throws(SocketShareError) -> SocketDescriptor {
+    /// Checks the arguments of a named claim and connects to the broker.
+    private func connectToClaim(named name: String, waitingUpTo wait: Duration) throws(SocketShareError) -> (DescriptorChannel, UInt32) {
         if let problem = ShareName.problem(name) {
             throw SocketShareError(.invalidArgument, operation: "claim", detail: "name \(name): \(problem)")
         }
-        let deadline = ContinuousClock.now + timeout
+        guard wait >= .zero, wait <= Self.maximumClaimWait else {
+            throw SocketShareError(.invalidArgument, operation: "claim", detail: "wait \(wait): expected 0 to 86400 s")
+        }
         let channel = try DescriptorChannel.connect(
             to: socketPath, for: "claim", absent: "no broker answers at \(socketPath) (start one with `sockshare broker`)")
-        defer { try? channel.close() }
-        return try ShareClaim.exchange(.claimNamed(name: name), on: channel, deadline: deadline) { (descriptor, _) throws(SocketShareError) in
+        return (channel, UInt32(wait / .milliseconds(1)))
+    }
+
+    /// Sends the named claim and receives the socket (or the refusal), within the wait plus `timeout`.
+    private func exchangeNamedClaim(_ name: String, waitMilliseconds: UInt32, on channel: DescriptorChannel) throws(SocketShareError) -> SocketDescriptor {
+        let deadline = ContinuousClock.now + .milliseconds(Int64(waitMilliseconds)) + timeout
+        return try ShareClaim.exchange(
+            .claimNamed(name: name, waitMilliseconds: waitMilliseconds), on: channel, deadline: deadline
+        ) { (descriptor, _) throws(SocketShareError) in
             // No token to check it against: it must at least be a socket.
             guard (try? SocketIdentity(of: descriptor.rawValue)) != nil else {
                 throw SocketShareError(.verificationFailed, operation: "claim", detail: "the broker sent a descriptor that is not a socket")

@@ -74,6 +74,8 @@ package struct EscrowTable<Held> {
     /// The earliest deadline of a held share (possibly of one that has since ended: harmless, as
     /// `expire(at:)` checks).
     package var nextDeadline: ContinuousClock.Instant? { deadlines.earliest }
+    /// The shares `uid` deposited that are held now.
+    package func count(depositedBy uid: uid_t) -> Int { perUser[uid, default: 0] }
     /// The processes shares are held for.
     package var targets: Set<ShareTarget> { Set(entries.values.map(\.record.target)) }
 

@@ -81,7 +81,7 @@ public enum FuzzingEntryPoints {
                 .failure(.expired, "share 3 expired"),
                 .depositNamed(name: "web", policy: ClaimPolicy(uid: 1000, gid: 100, cgroup: "/app.slice/web"), timeToLiveMilliseconds: 0, keep: true),
                 .depositNamed(name: "db:5432", policy: ClaimPolicy(), timeToLiveMilliseconds: 60_000, keep: false),
-                .claimNamed(name: "web"), .revokeNamed(name: "web"), .listNamed(after: 9), .depositedNamed(shareID: 9),
+                .claimNamed(name: "web", waitMilliseconds: 0), .claimNamed(name: "late", waitMilliseconds: 30_000), .revokeNamed(name: "web"), .listNamed(after: 9), .depositedNamed(shareID: 9),
                 .namedListing(more: false, shares: [named.listing]), .takeoverNamed([named.record]),
             ]
             return messages.map(\.bytes)

@@ -140,7 +140,7 @@ package final class ChildProcess: Sendable {
     /// The child's pid. It stays reserved for the child until ``wait(deadline:)`` reaps it.
     package let pid: pid_t
     /// A pidfd of the child, which polls readable once it has exited: what a wait with a deadline
-    /// waits on. Nil where `pidfd_open` is refused; such a wait then polls `waitpid` every 2 ms.
+    /// waits on. Nil where `pidfd_open` is refused (before Linux 5.3, or by a seccomp filter).
     private let pidfd: CInt?
 
     /// Wraps the child `pid`; opens a pidfd for it (a child's pid cannot be reused before it is reaped).
@@ -161,6 +161,8 @@ package final class ChildProcess: Sendable {
     /// Waits for the child to end and reaps it.
     ///
     /// - Returns: How it ended, or nil when `deadline` passed first (the child is left running).
+    /// - Throws: `SocketShareError`: `system` when `waitpid` fails, or when a deadline is given and
+    ///   the child has no pidfd to wait on (without one, only a wait with no deadline is possible).
     package func wait(deadline: ContinuousClock.Instant? = nil) throws(SocketShareError) -> Termination? {
         while true {
             var status: CInt = 0
@@ -173,14 +175,13 @@ package final class ChildProcess: Sendable {
                 throw SocketShareError.system("waitpid", errno: Glibc.errno, detail: "pid \(pid)")
             }
             guard let deadline, ContinuousClock.now < deadline else { return nil }
-            if let pidfd {
-                // Readable once the child has exited; then waitpid reaps it without blocking.
-                var fds = [pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)]
-                _ = try Kernel.poll(&fds, deadline: deadline)
-            } else {
-                var pause = timespec(tv_sec: 0, tv_nsec: 2_000_000)
-                nanosleep(&pause, nil)
+            guard let pidfd else {
+                throw SocketShareError(
+                    .system, operation: "wait", detail: "pid \(pid) has no pidfd (pidfd_open was refused): it cannot be waited for with a deadline")
             }
+            // Readable once the child has exited; then waitpid reaps it without blocking.
+            var fds = [pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)]
+            _ = try Kernel.poll(&fds, deadline: deadline)
         }
     }
 }

@@ -30,8 +30,10 @@ package enum EscrowMessage: Equatable, Sendable {
     /// claimant gets a descriptor; without, the first one only. Answered by ``depositedNamed(shareID:)``.
     case depositNamed(name: String, policy: ClaimPolicy, timeToLiveMilliseconds: UInt32, keep: Bool)
     /// Client → broker: claim the share named `name`. Answered by ``claimed(shareID:)`` with the
-    /// descriptor attached (then acknowledge it, as any claim), or ``failure(_:_:)``.
-    case claimNamed(name: String)
+    /// descriptor attached (then acknowledge it, as any claim), or ``failure(_:_:)``. With
+    /// `waitMilliseconds`, a name not held yet, or a single-use share in another claimant's hands,
+    /// is waited for by the broker: the answer comes once it can be handed out, or when the wait ends.
+    case claimNamed(name: String, waitMilliseconds: UInt32)
     /// Client → broker: end the share named `name` now (its depositor's uid, or root, only).
     /// Answered by ``revoked(shareID:)``.
     case revokeNamed(name: String)
@@ -167,9 +169,10 @@ package enum EscrowMessage: Equatable, Sendable {
             policy.write(to: &writer)
             writer.write(ttl)
             writer.write(UInt8(keep ? 1 : 0))
-        case .claimNamed(let name):
+        case .claimNamed(let name, let wait):
             writer.write(TypeCode.claimNamed.rawValue)
             writer.writeShortText(name)
+            writer.write(wait)
         case .revokeNamed(let name):
             writer.write(TypeCode.revokeNamed.rawValue)
             writer.writeShortText(name)
@@ -264,7 +267,7 @@ package enum EscrowMessage: Equatable, Sendable {
             guard keep <= 1 else { throw reader.invalid("keep", "\(keep) is not 0 or 1") }
             self = .depositNamed(name: name, policy: policy, timeToLiveMilliseconds: ttl, keep: keep == 1)
         case .claimNamed:
-            self = .claimNamed(name: try Self.readName(&reader))
+            self = .claimNamed(name: try Self.readName(&reader), waitMilliseconds: try reader.read(field: "waitMilliseconds"))
         case .revokeNamed:
             self = .revokeNamed(name: try Self.readName(&reader))
         case .listNamed:

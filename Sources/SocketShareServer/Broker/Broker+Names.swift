@@ -17,8 +17,8 @@ extension Broker {
         case .depositNamed(let name, let policy, let ttl, let keep):
             guard let descriptor else { return .replyAndClose(.failure(.malformed, "a deposit carries one descriptor")) }
             return depositNamed(descriptor, name: name, policy: policy, timeToLiveMilliseconds: ttl, keep: keep, from: connection)
-        case .claimNamed(let name):
-            return claimNamed(name, by: connection)
+        case .claimNamed(let name, let wait):
+            return claimNamed(name, waitMilliseconds: wait, by: connection)
         case .revokeNamed(let name):
             let result = named.withLock { $0.revoke(named: name, by: connection.peer.uid) }
             switch result {
@@ -53,13 +53,7 @@ extension Broker {
                 .limitReached, "a time to live of \(Double(ttl) / 1000) s exceeds this broker's maximum of "
                     + "\(configuration.maximumTimeToLive.components.seconds) s"))
         }
-        if let limit = configuration.maximumSharesPerUser {
-            let mine = named.withLock { $0.entries.values.filter { $0.record.depositorUID == connection.peer.uid }.count }
-                + holder.withTable { $0.entries.values.filter { $0.record.depositorUID == connection.peer.uid }.count }
-            guard mine < limit else {
-                return .reply(.failure(.limitReached, "uid \(connection.peer.uid) holds \(limit) shares, its limit; revoke some first"))
-            }
-        }
+        if let refusal = quotaRefusal(for: connection.peer.uid) { return .reply(refusal.message) }
         let description: SocketDescription
         let duplicate: SocketDescriptor
         do throws(SocketShareError) {
@@ -85,6 +79,7 @@ extension Broker {
                 "socket": "\(description)", "depositor": "\(connection.peer.pid)", "uid": "\(connection.peer.uid)",
             ])
             armNamedTimer()
+            retryParkedClaims(for: name)
             return .reply(.depositedNamed(shareID: record.id))
         case .failure(let refusal):
             try? duplicate.close()
@@ -92,16 +87,54 @@ extension Broker {
         }
     }
 
-    private func claimNamed(_ name: String, by connection: EscrowHolder.Connection) -> EscrowHolder.Answer {
-        if connection.offered != nil || namedOffers[connection.id] != nil {
-            return .replyAndClose(.failure(.malformed, "a claim is already waiting for its acknowledgement on this connection"))
+    /// A claim the broker holds until its name can be handed out (`claimNamed` with a wait).
+    struct ParkedClaim {
+        let name: String
+        let connection: EscrowHolder.Connection
+        var timer: Reactor.Timer?
+    }
+
+    /// What one attempt at a named claim came to.
+    enum NamedClaimAttempt {
+        /// The descriptor was sent; the share awaits the connection's acknowledgement.
+        case handedOut
+        /// Refused, for this reason.
+        case refused(EscrowRefusal)
+        /// The descriptor could not be sent: the connection is broken.
+        case sendFailed
+    }
+
+    private func claimNamed(_ name: String, waitMilliseconds wait: UInt32, by connection: EscrowHolder.Connection) -> EscrowHolder.Answer {
+        if connection.offered != nil || namedOffers[connection.id] != nil || parkedClaims[connection.id] != nil {
+            return .replyAndClose(.failure(.malformed, "a claim is already waiting on this connection"))
         }
+        switch attemptNamedClaim(name, by: connection) {
+        case .handedOut:
+            return .silent
+        case .refused(let refusal) where wait > 0 && Self.mayBeHandedOutLater(refusal):
+            park(name, for: connection, waitingUpTo: .milliseconds(Int64(wait)))
+            return .silent
+        case .refused(let refusal):
+            return .reply(refusal.message)
+        case .sendFailed:
+            return .replyAndClose(.failure(.internalError, "the descriptor could not be sent"))
+        }
+    }
+
+    /// Whether a refused claim may succeed later without anything the claimant does: the name is
+    /// not held yet, or a single-use share is in another claimant's hands, who may leave without it.
+    private static func mayBeHandedOutLater(_ refusal: EscrowRefusal) -> Bool {
+        refusal.failure == .notFound || refusal.failure == .claimInProgress
+    }
+
+    /// Decides a claim of `name` by `connection` and, when it may have the share, sends it.
+    private func attemptNamedClaim(_ name: String, by connection: EscrowHolder.Connection) -> NamedClaimAttempt {
         let peer = connection.peer
         let claimant = NamedShareTable<SocketDescriptor>.Claimant(pid: peer.pid, uid: peer.uid, gid: peer.gid) { peer.cgroup() }
         let decision = named.withLock { $0.claim(name, by: claimant, connection: connection.id, now: .now) }
         switch decision {
         case .refuse(let refusal):
-            // A waiting claimant asks again and again for a name not there yet: that is not news.
+            // A name not held yet is routine (the claimant started first): not news.
             let level: Logger.Level = switch refusal.failure {
             case .policyRefused: .notice
             case .notFound, .claimInProgress: .debug
@@ -111,16 +144,61 @@ extension Broker {
                 "name": "\(name)", "reason": "\(refusal.failure)", "pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)",
                 "why": "\(refusal.text)",
             ])
-            return .reply(refusal.message)
+            return .refused(refusal)
         case .handOut(let id, let descriptor):
             guard holder.reply(connection, .claimed(shareID: id), descriptors: [descriptor.rawValue]) else {
                 _ = named.withLock { $0.release(connection: connection.id) }
-                return .replyAndClose(.failure(.internalError, "the descriptor could not be sent"))
+                return .sendFailed
             }
             namedOffers[connection.id] = id
             connection.deadline = .now + holder.configuration.limits.acknowledgeTimeout
-            return .silent
+            return .handedOut
         }
+    }
+
+    /// Holds `connection`'s claim of `name` until a deposit or a release lets it through
+    /// (``retryParkedClaims(for:)``), or until `wait` ends: then it gets the answer a claim would get then.
+    private func park(_ name: String, for connection: EscrowHolder.Connection, waitingUpTo wait: Duration) {
+        let id = connection.id
+        // The idle timeout must not drop a connection the broker itself keeps waiting.
+        connection.deadline = .now + wait + .seconds(1)
+        let timer = holder.reactor.schedule(at: .now + wait) { [self] in
+            guard let parked = parkedClaims.removeValue(forKey: id) else { return }
+            answer(parked, finally: true)
+        }
+        parkedClaims[id] = ParkedClaim(name: name, connection: connection, timer: timer)
+    }
+
+    /// Tries the parked claims of `name` again, in the order they came: after a deposit of the name,
+    /// or after a claimant left without the share.
+    func retryParkedClaims(for name: String) {
+        for id in parkedClaims.keys.sorted() {
+            guard let parked = parkedClaims[id], parked.name == name else { continue }
+            answer(parked, finally: false)
+        }
+    }
+
+    /// Tries a parked claim: handed out or refused for good, it is answered and no longer parked;
+    /// refused for now, it stays parked unless this is its last try (its wait ended).
+    private func answer(_ parked: ParkedClaim, finally last: Bool) {
+        let id = parked.connection.id
+        let outcome = attemptNamedClaim(parked.name, by: parked.connection)
+        if case .refused(let refusal) = outcome, !last, Self.mayBeHandedOutLater(refusal) { return }
+        if let timer = parkedClaims.removeValue(forKey: id)?.timer { holder.reactor.cancel(timer) }
+        switch outcome {
+        case .handedOut:
+            break
+        case .refused(let refusal):
+            parked.connection.deadline = .now + holder.configuration.requestTimeout
+            if !holder.reply(parked.connection, refusal.message) { holder.close(parked.connection, releasing: true) }
+        case .sendFailed:
+            holder.close(parked.connection, releasing: true)
+        }
+    }
+
+    /// A parked claim's connection closed.
+    func forgetParkedClaim(of connection: EscrowHolder.Connection) {
+        if let timer = parkedClaims.removeValue(forKey: connection.id)?.timer { holder.reactor.cancel(timer) }
     }
 
     /// `connection` acknowledged share `id`: true when it was a named share handed to it.
@@ -152,7 +230,17 @@ extension Broker {
         guard namedOffers.removeValue(forKey: connection.id) != nil else { return }
         for name in named.withLock({ $0.release(connection: connection.id) }) {
             logger.info("claimant left before acknowledging; the named share is claimable again", metadata: ["name": "\(name)"])
+            retryParkedClaims(for: name)
         }
+    }
+
+    /// The per-uid quota (`--per-uid`) counts pid-targeted and named shares together: the refusal
+    /// when `uid` holds its limit already, else nil.
+    func quotaRefusal(for uid: uid_t) -> EscrowRefusal? {
+        guard let limit = configuration.maximumSharesPerUser else { return nil }
+        let held = named.withLock { $0.count(depositedBy: uid) } + holder.withTable { $0.count(depositedBy: uid) }
+        guard held >= limit else { return nil }
+        return EscrowRefusal(.limitReached, "uid \(uid) holds \(limit) shares, its limit; claim or revoke some first")
     }
 
     /// Closes the held duplicates of named shares that ended, and counts them.

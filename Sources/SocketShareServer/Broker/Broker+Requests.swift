@@ -56,6 +56,7 @@ extension Broker: EscrowService {
     }
 
     package func connectionClosed(_ connection: EscrowHolder.Connection, in holder: EscrowHolder) {
+        forgetParkedClaim(of: connection)
         if namedOffers[connection.id] != nil {
             releaseNamed(for: connection)
             handOutSettled(in: holder)
@@ -89,14 +90,6 @@ extension Broker: EscrowService {
         guard targetPID > 0, targetPID <= UInt32(Int32.max) else {
             return .reply(.failure(.malformed, "field targetPid: \(targetPID) is not a process id"))
         }
-        if let limit = configuration.maximumSharesPerUser,
-           named.withLock({ $0.entries.values.contains { $0.record.depositorUID == connection.peer.uid } }) {
-            let mine = named.withLock { $0.entries.values.filter { $0.record.depositorUID == connection.peer.uid }.count }
-                + holder.withTable { $0.entries.values.filter { $0.record.depositorUID == connection.peer.uid }.count }
-            guard mine < limit else {
-                return .reply(.failure(.limitReached, "uid \(connection.peer.uid) holds \(limit) shares, its limit; revoke some first"))
-            }
-        }
         let pid = pid_t(targetPID)
         let description: SocketDescription
         do throws(SocketShareError) {
@@ -111,6 +104,8 @@ extension Broker: EscrowService {
         } catch {
             return .reply(.failure(.targetGone, "target: \(error.detail)"))
         }
+        // After the target's checks, as the table's own quota check comes: named shares count too.
+        if let refusal = quotaRefusal(for: connection.peer.uid) { return .reply(refusal.message) }
         do throws(SocketShareError) {
             let depositor = try connection.peer.identity()
             let token = try holder.deposit(

@@ -71,6 +71,8 @@ public final class Broker: Service, @unchecked Sendable {
     /// The named share handed to each connection and not yet acknowledged, by connection id.
     var namedOffers: [UInt64: UInt64] = [:]
     var namedTimer: Reactor.Timer?
+    /// Named claims waiting for their name, by connection id (`Broker+Names.swift`).
+    var parkedClaims: [UInt64: ParkedClaim] = [:]
 
     var logger: Logger { holder.logger }
 

@@ -64,6 +64,7 @@ package struct NamedShareTable<Held> {
     package let maximumShares: Int
     package private(set) var entries: [UInt64: Entry] = [:]
     private var byName: [String: UInt64] = [:]
+    private var perUser: [uid_t: Int] = [:]
     private var deadlines = DeadlineQueue()
     private var nextID: UInt64
 
@@ -79,6 +80,9 @@ package struct NamedShareTable<Held> {
     package var nextDeadline: ContinuousClock.Instant? { deadlines.earliest }
     /// Whether some share was handed out and is not yet acknowledged.
     package var hasHandedOut: Bool { entries.values.contains { !$0.offeredTo.isEmpty } }
+
+    /// The named shares `uid` deposited that are held now.
+    package func count(depositedBy uid: uid_t) -> Int { perUser[uid, default: 0] }
 
     /// The id of the share named `name`, if one is held.
     package func id(named name: String) -> UInt64? { byName[name] }
@@ -113,6 +117,7 @@ package struct NamedShareTable<Held> {
         guard byName[record.name] == nil, entries[record.id] == nil else { return false }
         entries[record.id] = Entry(record: record, description: description, held: held, deadline: deadline)
         byName[record.name] = record.id
+        perUser[record.depositorUID, default: 0] += 1
         if let deadline { deadlines.insert(deadline, id: record.id) }
         if record.id >= nextID { nextID = record.id &+ 1 }
         return true
@@ -172,6 +177,8 @@ package struct NamedShareTable<Held> {
     package mutating func end(_ id: UInt64, _ outcome: ShareOutcome) -> Ended? {
         guard let entry = entries.removeValue(forKey: id) else { return nil }
         byName.removeValue(forKey: entry.record.name)
+        perUser[entry.record.depositorUID, default: 1] -= 1
+        if perUser[entry.record.depositorUID] == 0 { perUser.removeValue(forKey: entry.record.depositorUID) }
         return Ended(record: entry.record, held: entry.held, outcome: outcome)
     }
 
