@@ -3,6 +3,7 @@ import Testing
 @testable import SocketShare
 @testable import SocketShareCore
 @testable import SocketShareServer
+import SocketShareNIO
 
 /// `sockshare serve --worker-socket`: workers serve did not start connect by themselves (from other
 /// pid namespaces, under other uids) and get the spawned workers' guarantees: acknowledgement,
@@ -18,7 +19,7 @@ extension SocketShareTests {
         /// An external hello-worker connecting at `socket`, under `wrapper`.
         static func startWorker(_ socket: String, wrapper: [String] = []) throws -> ChildProcess {
             var environment = ProcessSpawner.environment
-            environment[ConnectionSourceVariable.name] = socket
+            environment[ConnectionSource.workerSocketVariable] = socket
             let words = wrapper + [helloWorker]
             return try ProcessSpawner.spawn(words[0], arguments: Array(words.dropFirst()), environment: environment, descriptors: [2: 2])
         }
@@ -206,9 +207,4 @@ extension SocketShareTests {
             #expect(crossUser.status == .exited(1) && crossUser.standardError.contains("give their group too"), "\(crossUser.standardError)")
         }
     }
-}
-
-/// The name of the variable an external worker finds its serve's worker socket in.
-enum ConnectionSourceVariable {
-    static let name = "SOCKSHARE_WORKER_SOCKET"
 }

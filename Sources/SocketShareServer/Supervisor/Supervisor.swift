@@ -339,9 +339,6 @@ public final class Supervisor: Service, @unchecked Sendable {
         weak var supervisor: Supervisor?
     }
 
-    /// The notify socket given to workers as `$NOTIFY_SOCKET` (`NotifyListener`).
-    public var notifySocketPath: String { notifications.path }
-
     /// The addresses the listeners are bound to (ports filled in).
     public var boundAddresses: [(name: String, endpoint: SocketEndpoint)] {
         listeners.compactMap { listener in
