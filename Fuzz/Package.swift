@@ -4,7 +4,7 @@
 // the main package.
 import PackageDescription
 
-let harness = ["token", "escrow", "worker"]
+let harness = ["token", "escrow", "worker", "control", "notify"]
 
 let package = Package(
     name: "SocketShareFuzz",

@@ -230,6 +230,7 @@ public final class ConnectionServer<Output: Sendable>: Service, Sendable {
         case .handoff(let channel):
             return try await HandoffIntake.start(channel: channel, registration: registration, announce: announce, logger: logger)
         case .listeners(let listeners, let shared):
+            try Self.checkListening(listeners)
             let intake: any ConnectionIntake
             if shared && AcceptThread.assertionsEnabled {
                 intake = try AcceptThread.start(listeners: listeners, registration: registration, logger: logger)
@@ -250,6 +251,27 @@ public final class ConnectionServer<Output: Sendable>: Service, Sendable {
             state.withLockedValue { $0.addresses = listening.localAddresses }
             announceToServiceManager(announce)
             return listening
+        }
+    }
+
+    /// Checks that every socket given as a listener listens for stream connections (a socket of
+    /// `LISTEN_FDS` may be anything its sender chose); the error names the first that does not.
+    private static func checkListening(_ listeners: [(name: String, socket: SocketDescriptor)]) throws(SocketShareError) {
+        for (index, listener) in listeners.enumerated() {
+            let description: SocketDescription
+            do throws(SocketShareError) {
+                description = try listener.socket.socketDescription()
+            } catch {
+                throw SocketShareError(
+                    .invalidArgument, operation: "serve connections",
+                    detail: "listener \(index) (\(listener.name), descriptor \(listener.socket.rawValue)) is not a socket: \(error.detail)")
+            }
+            guard description.kind == .stream, description.isListening else {
+                throw SocketShareError(
+                    .invalidArgument, operation: "serve connections",
+                    detail: "listener \(index) (\(listener.name), descriptor \(listener.socket.rawValue)) is \(description), "
+                        + "not a listening stream socket: this server accepts connections")
+            }
         }
     }
 

@@ -35,12 +35,15 @@ public struct ConnectionSource: Sendable, CustomStringConvertible {
     /// that connection, exactly as ``handoff(channel:)``. Serve sends nothing before the server says
     /// it is ready, and stops sending once it says it is leaving (graceful shutdown).
     ///
+    /// The worker socket is checked before the worker trusts it (`docs/SECURITY.md`): its directory
+    /// must not be writable by others, and serve (`SO_PEERCRED`) must be the directory's owner or root.
+    ///
     /// - Throws: ``SocketShareError``: `holderGone` when nothing serves at `path`; `permissionDenied`
-    ///   when this user may not reach it. A serve that refuses this process's uid or gid closes the
+    ///   when this user may not reach it, or when the socket fails those checks. A serve that refuses this process's uid or gid closes the
     ///   connection at once; the server then ends as if serve had stopped.
     public static func handoff(connectingTo path: String) throws(SocketShareError) -> ConnectionSource {
-        let channel = try DescriptorChannel.connect(
-            to: path, for: "connect to serve", absent: "no sockshare serve answers at \(path) (is it running with --worker-socket?)")
+        let channel = try Rendezvous.connect(
+            to: path, trust: .directoryOwner, for: "connect to serve", absent: "no sockshare serve answers at \(path) (is it running with --worker-socket?)")
         return .handoff(channel: channel.socket)
     }
 

@@ -66,6 +66,12 @@ final class HandoffIntake: ConnectionIntake {
             doorbell = try WorkerChannel.makeDoorbell(on: channel, deadline: .now + .seconds(5))
         } catch {
             try? channel.close()
+            if [EPIPE, ECONNRESET].contains(error.errno?.rawValue ?? 0) {
+                throw SocketShareError(
+                    .holderGone, operation: "serve connections", errno: error.errno,
+                    detail: "sockshare serve closed this worker's channel before it started (serve refused this "
+                        + "worker's uid or gid, has as many of its workers as it takes, or stopped)")
+            }
             throw error
         }
         let loop = registration.group.next()

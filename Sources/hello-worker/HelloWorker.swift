@@ -84,7 +84,13 @@ enum HelloWorker {
         let services = ServiceGroup(configuration: .init(
             services: [.init(service: server, successTerminationBehavior: .gracefullyShutdownGroup)],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await services.run()
+        do {
+            try await services.run()
+        } catch {
+            let message = "hello-worker: \(error)\n"
+            _ = message.withCString { write(2, $0, strlen($0)) }
+            exit(1)
+        }
         try await group.shutdownGracefully()
     }
 

@@ -14,7 +14,9 @@ struct Adopt: ParsableCommand {
             A token is made for one pid: start `sockshare adopt` first, then share to its pid. A named \
             share needs no pid: the broker (--broker PATH, else $SOCKSHARE_BROKER, else broker.sock in the \
             runtime directory) hands it to whoever its policy admits, across pid namespaces and containers. \
-            --wait SECONDS waits for a name not deposited yet.
+            --wait SECONDS waits for a name not deposited yet. Names are scoped by depositor: --name looks \
+            at your own shares, then root's, then the broker user's; --from-uid U claims U's share of that \
+            name only. A share another user deposited under the same name is never taken for one of those.
 
             LISTEN_FDNAMES is --fd-name, else the share's name, else `shared`. With a TOKEN, --name is \
             accepted as the older spelling of --fd-name. Only the first line of stdin is read; COMMAND \
@@ -23,8 +25,9 @@ struct Adopt: ParsableCommand {
             Examples:
               sockshare adopt - -- python3 -m http.server --help < token.txt
               sockshare adopt --name web --wait 30 -- my-server
-            Exit status: COMMAND's own once it runs; 1 when the claim fails (2 when a named share's policy \
-            refuses this process); 127 when COMMAND is not found.
+            Exit status: COMMAND's own once it runs; 1 when the claim fails (2 when no share of that name is \
+            held for this process: none exists, or its policy does not admit it — the broker's log says \
+            which); 127 when COMMAND is not found.
             """
     )
 
@@ -36,6 +39,11 @@ struct Adopt: ParsableCommand {
 
     @Option(help: ArgumentHelp("With --name: seconds to wait for the name to be deposited (fractions allowed).", valueName: "SECONDS"))
     var wait: Double = 0
+
+    @Option(name: .customLong("from-uid"), help: ArgumentHelp(
+        "With --name: claim the share this user (name or number) deposited (default: yours, else root's, else the broker user's).",
+        valueName: "U"))
+    var fromUser: String?
 
     @Option(name: .customLong("broker"), help: ArgumentHelp("With --name: the broker's socket.", valueName: "PATH"))
     var brokerPath: String?
@@ -56,6 +64,8 @@ struct Adopt: ParsableCommand {
             throw ValidationError("--wait \(wait): expected a number of seconds from 0 to 86400")
         }
         if token != nil, wait > 0 { throw ValidationError("--wait \(wait): only a claim by --name waits") }
+        if token != nil, fromUser != nil { throw ValidationError("--from-uid: only a claim by --name names a depositor") }
+        if let fromUser, Share.userID(fromUser) == nil { throw ValidationError("--from-uid \(fromUser): no such user") }
         if token != nil, brokerPath != nil { throw ValidationError("--broker: a token names its own holder; use --broker with --name") }
         if let brokerPath, !brokerPath.hasPrefix("/") { throw ValidationError("--broker \(brokerPath): expected an absolute path") }
         if let fdName { try ListenNames.validate(fdName, option: "--fd-name") }
@@ -70,12 +80,13 @@ struct Adopt: ParsableCommand {
             try activation.exec(socket, name: fdName ?? name ?? "shared")
         }
         let shareName = name!
-        let client = BrokerClient(socketPath: brokerPath ?? BrokerClient.defaultSocketPath)
+        let client = BrokerClient(socketPath: brokerPath)
         let socket: SocketDescriptor
         do throws(SocketShareError) {
-            socket = try client.claim(named: shareName, waitingUpTo: .milliseconds(Int64(wait * 1000)))
+            socket = try client.claim(
+                named: shareName, from: fromUser.flatMap(Share.userID), waitingUpTo: .milliseconds(Int64(wait * 1000)))
         } catch {
-            throw Terminal.fail(error.within("adopt"), exitCode: error.cause == .policyRefused ? 2 : 1)
+            throw Terminal.fail(error.within("adopt"), exitCode: error.code == .notFound ? 2 : 1)
         }
         try activation.exec(socket, name: fdName ?? shareName)
     }

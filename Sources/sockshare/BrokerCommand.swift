@@ -20,6 +20,13 @@ struct BrokerCommand: AsyncParsableCommand {
             /run/sockshare). Its directory must be private (0700) to this user; --group opens it (0710) to \
             one group for sharing across users.
 
+            Fairness: one user cannot starve the others. The broker raises its descriptor limit to the hard \
+            limit and holds at most what it allows (--max-shares is lowered to fit, with a reserve for itself); \
+            each uid other than root and the broker's own may hold at most --per-uid shares and \
+            --connections-per-uid connections, and a slice of both is kept for root and the broker's own user. \
+            Named shares are scoped by depositor: a claim looks at the claimant's own names, then root's, then \
+            the broker user's (adopt --from-uid names another). Metrics are for root and the broker's user.
+
             SIGTERM or SIGINT stop the broker: every held share is closed and logged as such. To restart \
             without losing shares, start the new broker with --takeover: it receives the listening socket \
             and every share from the running one, which then exits.
@@ -38,8 +45,18 @@ struct BrokerCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The longest time to live a deposit may ask for, in seconds.", valueName: "SECONDS"))
     var maxTtl: Double = 86_400
 
-    @Option(help: ArgumentHelp("The most shares one depositor uid may hold at once.", valueName: "N"))
+    @Option(help: ArgumentHelp(
+        "The most shares one depositor uid may hold at once, root included (default: a quarter of --max-shares, for uids other than root and the broker's own).",
+        valueName: "N"))
     var perUid: Int?
+
+    @Option(help: ArgumentHelp(
+        "The most connections one uid other than root and the broker's own may have open at once (default: 64, less under a low descriptor limit).",
+        valueName: "N"))
+    var connectionsPerUid: Int?
+
+    @Option(help: ArgumentHelp("The longest a named claim is held waiting for its name, in seconds; clients ask again for longer waits.", valueName: "SECONDS"))
+    var maxClaimWait: Double = 600
 
     @Option(help: ArgumentHelp("A group (name or number) whose members may use the broker, for sharing across users.", valueName: "GROUP"))
     var group: String?
@@ -55,9 +72,13 @@ struct BrokerCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard maxShares > 0 else { throw ValidationError("--max-shares \(maxShares): expected a number > 0") }
-        guard maxTtl.isFinite, maxTtl > 0 else { throw ValidationError("--max-ttl \(maxTtl): expected seconds > 0") }
+        guard maxTtl.isFinite, maxTtl > 0, maxTtl <= 4_294_967 else { throw ValidationError("--max-ttl \(maxTtl): expected seconds > 0, at most 4294967") }
         if let perUid, perUid <= 0 { throw ValidationError("--per-uid \(perUid): expected a number > 0") }
-        guard idleTimeout.isFinite, idleTimeout > 0 else { throw ValidationError("--idle-timeout \(idleTimeout): expected seconds > 0") }
+        if let connectionsPerUid, connectionsPerUid <= 0 { throw ValidationError("--connections-per-uid \(connectionsPerUid): expected a number > 0") }
+        guard maxClaimWait.isFinite, maxClaimWait > 0, maxClaimWait <= 86_400 else {
+            throw ValidationError("--max-claim-wait \(maxClaimWait): expected seconds > 0, at most 86400")
+        }
+        guard idleTimeout.isFinite, idleTimeout > 0, idleTimeout <= 86_400 else { throw ValidationError("--idle-timeout \(idleTimeout): expected seconds > 0, at most 86400") }
         if let socketPath, !socketPath.hasPrefix("/") { throw ValidationError("--socket \(socketPath): expected an absolute path") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel): unknown level") }
         if let group, Self.groupID(group) == nil { throw ValidationError("--group \(group): no such group") }
@@ -81,6 +102,7 @@ struct BrokerCommand: AsyncParsableCommand {
         let logger = Logger(label: "sockshare.broker")
         let configuration = Broker.Configuration(
             socketPath: socketPath ?? BrokerClient.defaultSocketPath, maximumShares: maxShares, maximumSharesPerUser: perUid,
+            maximumConnectionsPerUser: connectionsPerUid, maximumClaimWait: .milliseconds(Int64(maxClaimWait * 1000)),
             maximumTimeToLive: .milliseconds(Int64(maxTtl * 1000)), group: group.flatMap(Self.groupID),
             idleTimeout: .milliseconds(Int64(idleTimeout * 1000)), metricsText: { registry.emitToString() })
         let broker = try Terminal.run { () throws(SocketShareError) in

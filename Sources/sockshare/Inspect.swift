@@ -49,8 +49,6 @@ struct TokenReport: Encodable {
     var expired: Bool
     var endpoint: String
     var shareId: UInt64
-    /// The source's descriptor number, for pidfd shares.
-    var sourceDescriptor: Int32?
 
     init(_ token: ShareToken) {
         version = Int(token.version)
@@ -71,7 +69,6 @@ struct TokenReport: Encodable {
         expired = token.isExpired
         endpoint = token.endpoint
         shareId = token.shareID
-        if case .pidfd(let descriptor) = token.redemption { sourceDescriptor = descriptor }
     }
 
     /// `key: value` lines, aligned, in the order of the JSON form.
@@ -85,7 +82,6 @@ struct TokenReport: Encodable {
             ("targetStartTime", "\(targetStartTime)"), ("createdAt", createdAt), ("expiresAt", expiresAt),
             ("expired", yes(expired)), ("endpoint", endpoint), ("shareId", "\(shareId)"),
         ]
-        if let sourceDescriptor { pairs.append(("sourceDescriptor", "\(sourceDescriptor)")) }
         let width = pairs.map(\.0.count).max() ?? 0
         return pairs.map { $0.0 + ":" + String(repeating: " ", count: width - $0.0.count + 1) + $0.1 }.joined(separator: "\n")
     }

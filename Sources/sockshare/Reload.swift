@@ -26,7 +26,9 @@ struct Reload: ParsableCommand {
     var deadline: Double?
 
     func validate() throws {
-        if let deadline, !(deadline.isFinite && deadline > 0) { throw ValidationError("--deadline \(deadline): expected seconds > 0") }
+        if let deadline, !(deadline.isFinite && deadline > 0 && deadline <= 86_400) {
+            throw ValidationError("--deadline \(deadline): expected seconds > 0, at most 86400")
+        }
     }
 
     func run() throws {
@@ -65,7 +67,9 @@ struct Upgrade: ParsableCommand {
     var deadline: Double?
 
     func validate() throws {
-        if let deadline, !(deadline.isFinite && deadline > 0) { throw ValidationError("--deadline \(deadline): expected seconds > 0") }
+        if let deadline, !(deadline.isFinite && deadline > 0 && deadline <= 86_400) {
+            throw ValidationError("--deadline \(deadline): expected seconds > 0, at most 86400")
+        }
         if let binary, binary.contains(" ") { throw ValidationError("--binary \(binary): a path without spaces, please") }
     }
 

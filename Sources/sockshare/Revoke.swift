@@ -7,7 +7,8 @@ struct Revoke: ParsableCommand {
         abstract: "Revoke a share held by the broker: its duplicate is closed and its token refused.",
         discussion: """
             Takes the token (or - to read it from stdin), the share's id as `sockshare status` lists it, \
-            or --name NAME for a named share. Only the depositor's uid, or root, may revoke a share.
+            or --name NAME for a named share (yours; as root, --from-uid U for another user's). Only the \
+            depositor's uid, or root, may revoke a share.
 
             Examples:
               sockshare revoke - < token.txt
@@ -21,6 +22,9 @@ struct Revoke: ParsableCommand {
     @Option(help: ArgumentHelp("Revoke the named share of this name.", valueName: "NAME"))
     var name: String?
 
+    @Option(name: .customLong("from-uid"), help: ArgumentHelp("With --name: the user whose share it is (root only; default: yours).", valueName: "U"))
+    var fromUser: String?
+
     @Option(name: .customLong("broker"), help: ArgumentHelp("The broker's socket.", valueName: "PATH"))
     var brokerPath: String?
 
@@ -32,13 +36,15 @@ struct Revoke: ParsableCommand {
             if let problem = ShareName.problem(name) { throw ValidationError("--name \(name): \(problem)") }
         default: break
         }
+        if fromUser != nil, name == nil { throw ValidationError("--from-uid: only with --name") }
+        if let fromUser, Share.userID(fromUser) == nil { throw ValidationError("--from-uid \(fromUser): no such user") }
     }
 
     func run() throws {
         try Terminal.run { () throws(SocketShareError) in
-            var path = brokerPath ?? BrokerClient.defaultSocketPath
+            var path = brokerPath
             if let name {
-                let id = try BrokerClient(socketPath: path).revoke(named: name)
+                let id = try BrokerClient(socketPath: path).revoke(named: name, from: fromUser.flatMap(Share.userID))
                 try Terminal.line("revoked share \(id) (\(name))")
                 return
             }

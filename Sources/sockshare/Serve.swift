@@ -24,10 +24,19 @@ struct Serve: AsyncParsableCommand {
 
             --worker-socket PATH (handoff): workers sockshare did not start (in other containers, say) \
             connect to PATH ($SOCKSHARE_WORKER_SOCKET for ConnectionServer-based workers) and take connections \
-            with the same guarantees; only --worker-uid (default: this user) and --worker-gid may. With \
-            --workers 0 sockshare runs none of its own, and COMMAND may be omitted (docs/SERVE.md).
+            with the same guarantees; only --worker-uid (default: this user) and --worker-gid may, at most \
+            --max-external-workers per uid. A new external worker is sent one connection (one at a time per \
+            uid) until it acknowledges it; one that leaves a connection unacknowledged gets no more and is \
+            disconnected at --stall-timeout, its connections going to proven workers. With --workers 0 sockshare \
+            runs none of its own, and COMMAND may be omitted (docs/SERVE.md).
 
             ADDR: tcp://HOST:PORT, tcp://[IPv6]:PORT, udp://HOST:PORT (shared mode), unix:///PATH. \
+            The control socket (--control PATH, else serve-PID.sock in the runtime directory) answers serve's \
+            own user and root, checked by SO_PEERCRED whatever the socket's mode; --control-user and \
+            --control-group let others ask for status, reload and an upgrade to the running binary (only serve's \
+            own user or root may name another binary). An explicit PATH must be in a directory nobody but its \
+            owner may write to.
+
             SIGTERM or SIGINT drain: stop accepting, let workers finish, SIGTERM them at --drain-timeout, \
             SIGKILL 2 s later; exit 0. `sockshare status --control PATH` shows listeners and workers.
 
@@ -57,6 +66,15 @@ struct Serve: AsyncParsableCommand {
 
     @Option(help: ArgumentHelp("The control socket for `sockshare status --control` (default: serve-PID.sock in the runtime directory).", valueName: "PATH"))
     var control: String?
+
+    @Option(name: .customLong("control-user"), help: ArgumentHelp(
+        "A user (name or number) who may also use the control socket: status, reload, upgrade to the running binary. Repeat for more.",
+        valueName: "U"))
+    var controlUsers: [String] = []
+
+    @Option(name: .customLong("control-group"), help: ArgumentHelp(
+        "A group whose members may also use the control socket, as --control-user. Repeat for more.", valueName: "G"))
+    var controlGroups: [String] = []
 
     @Option(help: ArgumentHelp("Seconds workers get to finish when stopping, before SIGTERM (and SIGKILL 2 s later).", valueName: "SECONDS"))
     var drainTimeout: Double = 10
@@ -90,6 +108,10 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("worker-gid"), help: ArgumentHelp("The primary group external workers must run as; the worker socket is opened to it.", valueName: "G"))
     var workerGID: String?
 
+    @Option(name: .customLong("max-external-workers"), help: ArgumentHelp(
+        "With --worker-socket: the most external workers one uid may have connected at once.", valueName: "N"))
+    var maxExternalWorkers: Int = 64
+
     @Option(help: .private)
     var successorOf: Int32?
 
@@ -100,24 +122,30 @@ struct Serve: AsyncParsableCommand {
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel): unknown level") }
         if successorOf != nil { return }
         guard Supervisor.Readiness(rawValue: readiness) != nil else { throw ValidationError("--readiness \(readiness): expected notify or none") }
-        guard reloadDeadline.isFinite, reloadDeadline > 0 else { throw ValidationError("--reload-deadline \(reloadDeadline): expected seconds > 0") }
+        guard reloadDeadline.isFinite, reloadDeadline > 0, reloadDeadline <= 86_400 else { throw ValidationError("--reload-deadline \(reloadDeadline): expected seconds > 0, at most 86400") }
         if let workerSocket {
             guard workerSocket.hasPrefix("/") else { throw ValidationError("--worker-socket \(workerSocket): expected an absolute path") }
             guard mode == "handoff" else { throw ValidationError("--worker-socket: external workers take handed-off connections; use --mode handoff") }
         } else {
             if workerUID != nil { throw ValidationError("--worker-uid: only with --worker-socket") }
             if workerGID != nil { throw ValidationError("--worker-gid: only with --worker-socket") }
+            if maxExternalWorkers != 64 { throw ValidationError("--max-external-workers: only with --worker-socket") }
         }
+        for user in controlUsers where Share.userID(user) == nil { throw ValidationError("--control-user \(user): no such user") }
+        for group in controlGroups where BrokerCommand.groupID(group) == nil { throw ValidationError("--control-group \(group): no such group") }
         if let workerUID, Share.userID(workerUID) == nil { throw ValidationError("--worker-uid \(workerUID): no such user") }
         if let workerGID, BrokerCommand.groupID(workerGID) == nil { throw ValidationError("--worker-gid \(workerGID): no such group") }
+        guard maxExternalWorkers > 0, maxExternalWorkers <= 4096 else {
+            throw ValidationError("--max-external-workers \(maxExternalWorkers): expected 1 to 4096")
+        }
         let fewest = workerSocket == nil ? 1 : 0
         guard workers >= fewest, workers <= 1024 else {
             throw ValidationError("--workers \(workers): expected \(fewest) to 1024\(fewest == 0 ? "" : " (0 only with --worker-socket)")")
         }
         guard Supervisor.Mode(rawValue: mode) != nil else { throw ValidationError("--mode \(mode): expected shared or handoff") }
         guard Supervisor.Policy(rawValue: policy) != nil else { throw ValidationError("--policy \(policy): expected rr or least") }
-        guard drainTimeout.isFinite, drainTimeout > 0 else { throw ValidationError("--drain-timeout \(drainTimeout): expected seconds > 0") }
-        guard stallTimeout.isFinite, stallTimeout > 0 else { throw ValidationError("--stall-timeout \(stallTimeout): expected seconds > 0") }
+        guard drainTimeout.isFinite, drainTimeout > 0, drainTimeout <= 86_400 else { throw ValidationError("--drain-timeout \(drainTimeout): expected seconds > 0, at most 86400") }
+        guard stallTimeout.isFinite, stallTimeout > 0, stallTimeout <= 86_400 else { throw ValidationError("--stall-timeout \(stallTimeout): expected seconds > 0, at most 86400") }
         guard maxInFlight > 0 else { throw ValidationError("--max-in-flight \(maxInFlight): expected a number > 0") }
         guard backlog > 0 else { throw ValidationError("--backlog \(backlog): expected a number > 0") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel): unknown level") }
@@ -157,13 +185,16 @@ struct Serve: AsyncParsableCommand {
                 configuration: Supervisor.Configuration(
                     listeners: specifications, workers: workers, mode: Supervisor.Mode(rawValue: mode)!,
                     policy: Supervisor.Policy(rawValue: policy)!, command: command, controlPath: control,
+                    controlAccess: ControlAccess(
+                        users: controlUsers.compactMap(Share.userID), groups: controlGroups.compactMap(BrokerCommand.groupID)),
                     drainTimeout: .milliseconds(Int64(drainTimeout * 1000)),
                     stallTimeout: .milliseconds(Int64(stallTimeout * 1000)), maximumInFlightPerWorker: maxInFlight,
                     backlog: backlog, readiness: Supervisor.Readiness(rawValue: readiness)!,
                     reloadDeadline: .milliseconds(Int64(reloadDeadline * 1000)),
                     externalWorkers: workerSocket.map {
                         Supervisor.ExternalWorkers(
-                            path: $0, uid: workerUID.flatMap(Share.userID), gid: workerGID.flatMap(BrokerCommand.groupID))
+                            path: $0, uid: workerUID.flatMap(Share.userID), gid: workerGID.flatMap(BrokerCommand.groupID),
+                            maximumPerUser: maxExternalWorkers)
                     }),
                 successorArguments: successorArguments, logger: logger)
         }

@@ -123,7 +123,7 @@ struct Share: AsyncParsableCommand {
     private func shareByName(_ name: String) throws {
         try Terminal.run { () throws(SocketShareError) in try checkArguments() }
         let policy = ClaimPolicy(uid: forUID.flatMap(Self.userID), gid: forGID.flatMap(BrokerCommand.groupID), cgroup: forCgroup)
-        let client = BrokerClient(socketPath: brokerPath ?? BrokerClient.defaultSocketPath)
+        let client = BrokerClient(socketPath: brokerPath)
         let id = try Terminal.run { () throws(SocketShareError) in
             do throws(SocketShareError) {
                 return try client.deposit(

@@ -37,7 +37,7 @@ struct Status: ParsableCommand {
             try showSupervisor(control)
             return
         }
-        let client = BrokerClient(socketPath: brokerPath ?? BrokerClient.defaultSocketPath)
+        let client = BrokerClient(socketPath: brokerPath)
         if metrics {
             let text = try Terminal.run { () throws(SocketShareError) in try client.metrics() }
             try Terminal.run { () throws(SocketShareError) in try Terminal.line(text.hasSuffix("\n") ? String(text.dropLast()) : text) }

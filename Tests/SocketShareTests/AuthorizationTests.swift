@@ -215,7 +215,7 @@ extension SocketShareTests {
             let socket = try SocketDescriptor.socket(.unix, .datagram)
             var token = try SocketShare.duplicate(socket, for: target.pid)
             let real = token
-            token.redemption = .escrow(secret: .random())
+            token.secret = .random()
             #expect {
                 try target.call("adopt", token.text)
             } throws: { ($0 as! HelperError).code == "notFound" }

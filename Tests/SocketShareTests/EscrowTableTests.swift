@@ -23,15 +23,15 @@ extension SocketShareTests {
         static let stranger = Table.Claimant(pid: 4188, uid: 1000) { $0 == other }
         static let wrongUser = Table.Claimant(pid: 4120, uid: 1001) { $0 == target }
 
-        func record(for target: ShareTarget = target, by uid: uid_t = 1000, secret: ShareSecret? = .random()) -> ShareRecord {
+        func record(for target: ShareTarget = target, by uid: uid_t = 1000, mechanism: ShareMechanism = .sharer) -> ShareRecord {
             ShareRecord(
-                id: 0, secret: secret, mechanism: secret == nil ? .pidfd : .sharer, target: target,
+                id: 0, secret: .random(), mechanism: mechanism, target: target,
                 depositor: ProcessIdentity(pid: 300, startTime: 1), depositorUID: uid,
                 createdAtMilliseconds: 1_000, expiresAtMilliseconds: 61_000)
         }
 
         func table(_ limits: EscrowLimits = EscrowLimits()) -> Table {
-            Table(limits: limits, firstID: 10)
+            Table(limits: limits, ids: .sequential(from: 10))
         }
 
         func insert(_ table: inout Table, _ record: ShareRecord, held: Int, ttl: Duration = .seconds(60)) throws -> ShareRecord {
@@ -53,13 +53,13 @@ extension SocketShareTests {
             let first = try insert(&table, record(), held: 1)
             let second = try insert(&table, record(), held: 2)
             #expect(first.id == 10 && second.id == 11)
-            #expect(handedOut(table.claim(first.id, secret: first.secret!, by: Self.theTarget, connection: 1, now: start)) == 1)
+            #expect(handedOut(table.claim(first.id, secret: first.secret, by: Self.theTarget, connection: 1, now: start)) == 1)
             #expect(table.hasHandedOut)
             let ended = table.acknowledge(first.id, connection: 1)
             #expect(ended?.held == 1 && ended?.outcome == .claimed(by: Self.target.identity))
             #expect(table.count == 1 && !table.hasHandedOut)
             // A replay learns why, from the history.
-            #expect(refusal(table.claim(first.id, secret: first.secret!, by: Self.theTarget, connection: 2, now: start)) == .alreadyClaimed)
+            #expect(refusal(table.claim(first.id, secret: first.secret, by: Self.theTarget, connection: 2, now: start)) == .alreadyClaimed)
         }
 
         @Test func nothingIsRevealedToWhoCannotProveTheSecret() throws {
@@ -67,25 +67,25 @@ extension SocketShareTests {
             let share = try insert(&table, record(), held: 1)
             // A stranger with a wrong secret hears notFound, not wrongProcess.
             #expect(refusal(table.claim(share.id, secret: .random(), by: Self.stranger, connection: 1, now: start)) == .notFound)
-            #expect(refusal(table.claim(share.id + 100, secret: share.secret!, by: Self.theTarget, connection: 1, now: start)) == .notFound)
+            #expect(refusal(table.claim(share.id + 100, secret: share.secret, by: Self.theTarget, connection: 1, now: start)) == .notFound)
             // With the secret, the claimant is checked: pid, then process, then uid.
-            #expect(refusal(table.claim(share.id, secret: share.secret!, by: Self.stranger, connection: 1, now: start)) == .wrongProcess)
-            #expect(refusal(table.claim(share.id, secret: share.secret!, by: Self.recycled, connection: 1, now: start)) == .wrongStartTime)
-            #expect(refusal(table.claim(share.id, secret: share.secret!, by: Self.wrongUser, connection: 1, now: start)) == .wrongUser)
+            #expect(refusal(table.claim(share.id, secret: share.secret, by: Self.stranger, connection: 1, now: start)) == .wrongProcess)
+            #expect(refusal(table.claim(share.id, secret: share.secret, by: Self.recycled, connection: 1, now: start)) == .wrongStartTime)
+            #expect(refusal(table.claim(share.id, secret: share.secret, by: Self.wrongUser, connection: 1, now: start)) == .wrongUser)
             #expect(!table.hasHandedOut)
         }
 
         @Test func aShareHandedOutWaitsForItsAcknowledgementAndIsOfferedAgainIfTheClaimantGoes() throws {
             var table = table()
             let share = try insert(&table, record(), held: 1)
-            #expect(handedOut(table.claim(share.id, secret: share.secret!, by: Self.theTarget, connection: 1, now: start)) == 1)
-            #expect(refusal(table.claim(share.id, secret: share.secret!, by: Self.theTarget, connection: 2, now: start)) == .claimInProgress)
+            #expect(handedOut(table.claim(share.id, secret: share.secret, by: Self.theTarget, connection: 1, now: start)) == 1)
+            #expect(refusal(table.claim(share.id, secret: share.secret, by: Self.theTarget, connection: 2, now: start)) == .claimInProgress)
             // Only the connection it went to may acknowledge, or release it.
             #expect(table.acknowledge(share.id, connection: 2) == nil)
             let releasedByAnother = table.release(share.id, connection: 2)
             let released = table.release(share.id, connection: 1)
             #expect(!releasedByAnother && released)
-            #expect(handedOut(table.claim(share.id, secret: share.secret!, by: Self.theTarget, connection: 2, now: start)) == 1)
+            #expect(handedOut(table.claim(share.id, secret: share.secret, by: Self.theTarget, connection: 2, now: start)) == 1)
             #expect(table.acknowledge(share.id, connection: 2) != nil)
         }
 
@@ -97,7 +97,7 @@ extension SocketShareTests {
             let offered = try insert(&table, record(), held: 2, ttl: .seconds(1))
             let later = try insert(&table, record(), held: 3, ttl: .seconds(30))
             #expect(table.nextDeadline == start + .seconds(1))
-            _ = table.claim(offered.id, secret: offered.secret!, by: Self.theTarget, connection: 1, now: start)
+            _ = table.claim(offered.id, secret: offered.secret, by: Self.theTarget, connection: 1, now: start)
             #expect(table.expire(at: start + .milliseconds(500)).isEmpty)
             let expired = table.expire(at: start + .seconds(1))
             #expect(expired.map(\.held) == [1] && expired.first?.outcome == .expired)
@@ -106,8 +106,8 @@ extension SocketShareTests {
             table.release(offered.id, connection: 1)
             #expect(table.expire(at: start + .seconds(6)).map(\.held) == [2])
             // A claim past the deadline (before the timer ran) is refused as expired.
-            #expect(refusal(table.claim(later.id, secret: later.secret!, by: Self.theTarget, connection: 3, now: start + .seconds(31))) == .expired)
-            #expect(refusal(table.claim(idle.id, secret: idle.secret!, by: Self.theTarget, connection: 3, now: start)) == .expired)
+            #expect(refusal(table.claim(later.id, secret: later.secret, by: Self.theTarget, connection: 3, now: start + .seconds(31))) == .expired)
+            #expect(refusal(table.claim(idle.id, secret: idle.secret, by: Self.theTarget, connection: 3, now: start)) == .expired)
         }
 
         @Test func quotasBoundTheTableAndEachDepositor() throws {
@@ -142,7 +142,7 @@ extension SocketShareTests {
             #expect((try? table.revoke(theirs.id, by: 0).get())?.outcome == .revoked)
             #expect((try? table.revoke(mine.id, by: 1000).get())?.held == 1)
             #expect(table.isEmpty)
-            #expect(throws: EscrowRefusal(.notFound, "no share \(mine.id) is held here")) { try table.revoke(mine.id, by: 1000).get() }
+            #expect(throws: EscrowRefusal(.notFound, "no share \(mine.id) of yours is held here")) { try table.revoke(mine.id, by: 1000).get() }
         }
 
         @Test func sharesForTargetsThatExitedEndAndSayWhy() throws {
@@ -152,16 +152,32 @@ extension SocketShareTests {
             #expect(table.targets == [Self.other, Self.target])
             let ended = table.endShares(for: [Self.other])
             #expect(ended.map(\.held) == [1] && ended.first?.outcome == .targetExited)
-            #expect(refusal(table.claim(gone.id, secret: gone.secret!, by: Self.stranger, connection: 1, now: start)) == .revoked)
+            #expect(refusal(table.claim(gone.id, secret: gone.secret, by: Self.stranger, connection: 1, now: start)) == .revoked)
             #expect(table.endAll(.holderStopped).map(\.held) == [2])
         }
 
-        @Test func aPulledShareIsAcknowledgedByItsTargetOnly() throws {
+        @Test func aPidfdShareIsConfirmedOnlyWithItsSecretAndOnlyToItsTarget() throws {
             var table = table()
-            let share = try insert(&table, record(secret: nil), held: 1)
-            #expect(table.acknowledgePulled(share.id, by: Self.stranger) == nil)
-            #expect(table.acknowledgePulled(share.id, by: Self.recycled) == nil)
-            #expect(table.acknowledgePulled(share.id, by: Self.theTarget)?.outcome == .claimed(by: Self.target.identity))
+            let share = try insert(&table, record(mechanism: .pidfd), held: 9)
+            // A made-up token (right id, no secret) learns nothing and gets nothing to pull.
+            #expect(refusal(table.claim(share.id, secret: .random(), by: Self.theTarget, connection: 1, now: start)) == .notFound)
+            #expect(refusal(table.claim(share.id, secret: share.secret, by: Self.stranger, connection: 1, now: start)) == .wrongProcess)
+            #expect(handedOut(table.claim(share.id, secret: share.secret, by: Self.theTarget, connection: 1, now: start)) == 9)
+            #expect(table.acknowledge(share.id, connection: 1)?.outcome == .claimed(by: Self.target.identity))
+        }
+
+        @Test func randomIdsAreUnguessableAndNeverReused() throws {
+            var table = Table(limits: EscrowLimits())
+            var ids: Set<UInt64> = []
+            for held in 0..<200 {
+                let share = try insert(&table, record(), held: held)
+                #expect(share.id != 0 && share.id < 1 << 63)
+                ids.insert(share.id)
+                _ = table.end(share.id, .revoked)
+            }
+            #expect(ids.count == 200)
+            let sorted = ids.sorted()
+            #expect(zip(sorted, sorted.dropFirst()).contains { $1 - $0 > 1_000_000 }, "not consecutive")
         }
 
         @Test func theHistoryIsBounded() throws {
@@ -176,7 +192,7 @@ extension SocketShareTests {
             }
             #expect(table.outcome(of: ended[0].id) == nil)
             #expect(table.outcome(of: ended[2].id) == .revoked)
-            #expect(refusal(table.claim(ended[0].id, secret: ended[0].secret!, by: Self.theTarget, connection: 1, now: start)) == .notFound)
+            #expect(refusal(table.claim(ended[0].id, secret: ended[0].secret, by: Self.theTarget, connection: 1, now: start)) == .notFound)
         }
 
         @Test func sharesInstalledFromAPredecessorKeepTheirIds() throws {
@@ -184,7 +200,7 @@ extension SocketShareTests {
             var inherited = record()
             inherited.id = 500
             table.install(inherited, description: Self.description, held: 9, deadline: start + .seconds(5))
-            #expect(handedOut(table.claim(500, secret: inherited.secret!, by: Self.theTarget, connection: 1, now: start)) == 9)
+            #expect(handedOut(table.claim(500, secret: inherited.secret, by: Self.theTarget, connection: 1, now: start)) == 9)
             #expect(try insert(&table, record(), held: 1).id == 501)
         }
     }

@@ -112,8 +112,14 @@ extension SocketShareTests {
                 ["--listen", "tcp://127.0.0.1:0", "--mode", "shared"],
                 command: ["python3", CommandLineTests.scripts + "/listen_fds_server.py"], workers: 1)
             let worker = try #require(try serve.status().workers.first?.pid)
-            let environment = String(decoding: try Kernel.readFile("/proc/\(worker)/environ"), as: UTF8.self)
-            let notify = try #require(environment.split(separator: "\0").first { $0.hasPrefix("NOTIFY_SOCKET=") }.map { String($0.dropFirst(14)) })
+            // The worker execs a shell, a launcher and python in turn; its environment reads empty mid-exec.
+            var notify: String?
+            _ = eventually {
+                let environment = String(decoding: (try? Kernel.readFile("/proc/\(worker)/environ")) ?? [], as: UTF8.self)
+                notify = environment.split(separator: "\0").first { $0.hasPrefix("NOTIFY_SOCKET=") }.map { String($0.dropFirst(14)) }
+                return notify != nil
+            }
+            let notifyPath = try #require(notify)
             // The reload's new worker never says READY=1; a stranger (as nobody) says it throughout, in vain.
             let control = serve.controlPath
             let script = "import socket,sys,time\ns=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
@@ -123,7 +129,7 @@ extension SocketShareTests {
                     .map { "\($0.status)" } ?? "did not run"
             }
             let stranger: @Sendable () -> String = {
-                (try? ProgramRun.run("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script, notify]))
+                (try? ProgramRun.run("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script, notifyPath]))
                     .map { $0.standardOutput + $0.standardError } ?? "did not run"
             }
             let outcomes = onThreads([reload, stranger])

@@ -6,20 +6,19 @@ import Testing
 
 extension SocketShareTests {
     @Suite struct ShareTokenTests {
-        static func sample(_ redemption: ShareToken.Redemption = .escrow(secret: .random())) throws -> ShareToken {
+        static func sample(_ mechanism: ShareMechanism = .sharer, secret: ShareSecret = .random()) throws -> ShareToken {
             let socket = try SocketDescriptor.listening(on: .ipv4(host: "127.0.0.1", port: 0))
             defer { try? socket.close() }
             return ShareToken(
-                mechanism: { if case .pidfd = redemption { return .pidfd } else { return .sharer } }(),
-                description: try socket.socketDescription(), source: .current,
+                mechanism: mechanism, description: try socket.socketDescription(), source: .current,
                 target: ProcessIdentity(pid: 4242, startTime: 987_654), createdAtMilliseconds: 1_700_000_000_000,
                 expiresAtMilliseconds: 1_700_000_060_000, endpoint: "/run/sockshare/sharer-1-abc.sock", shareID: 77,
-                redemption: redemption)
+                secret: secret)
         }
 
         @Test func roundTripsThroughBinaryAndText() throws {
-            for redemption in [ShareToken.Redemption.escrow(secret: .random()), .pidfd(descriptor: 9)] {
-                let token = try Self.sample(redemption)
+            for mechanism in [ShareMechanism.sharer, .pidfd, .broker] {
+                let token = try Self.sample(mechanism)
                 #expect(try ShareToken(bytes: token.bytes) == token)
                 #expect(try ShareToken(text: token.text) == token)
                 #expect(try ShareToken(text: "  " + token.text + "\n") == token)
@@ -31,7 +30,7 @@ extension SocketShareTests {
         @Test func textNeverShowsTheSecretInDescriptions() throws {
             let secret = ShareSecret.random()
             #expect(secret.description == "<secret>")
-            #expect(!"\(try Self.sample(.escrow(secret: secret)))".contains(Base64URL.encode(secret.bytes)))
+            #expect(!"\(try Self.sample(secret: secret))".contains(Base64URL.encode(secret.bytes)))
         }
 
         @Test func rejectsEveryTruncation() throws {
@@ -47,8 +46,8 @@ extension SocketShareTests {
         }
 
         @Test func rejectsEverySingleBitFlip() throws {
-            for redemption in [ShareToken.Redemption.escrow(secret: .random()), .pidfd(descriptor: 12)] {
-                let bytes = try Self.sample(redemption).bytes
+            for mechanism in [ShareMechanism.sharer, .pidfd] {
+                let bytes = try Self.sample(mechanism).bytes
                 for index in bytes.indices {
                     for bit in 0..<8 {
                         var flipped = bytes
@@ -56,7 +55,7 @@ extension SocketShareTests {
                         #expect(throws: SocketShareError.self) { try ShareToken(bytes: flipped) }
                     }
                 }
-                let text = Array(try Self.sample(redemption).text.utf8)
+                let text = Array(try Self.sample(mechanism).text.utf8)
                 for index in text.indices {
                     for bit in 0..<8 {
                         var flipped = text

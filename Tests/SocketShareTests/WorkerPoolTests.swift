@@ -27,10 +27,10 @@ extension SocketShareTests {
         @Test func roundRobinTakesTurnsAndStopsAtTheInFlightLimit() {
             var pool = pool()
             for connection in 1...5 { pool.enqueue(connection) }
-            #expect(pool.room == -1)
+            #expect(pool.room() == -1)
             #expect(dispatch(&pool) == [1: [1, 3], 2: [2, 4]])
             #expect(pool.waiting.map(\.connection) == [5])
-            #expect(!pool.hasRoom && !pool.isSettled)
+            #expect(!pool.hasRoom() && !pool.isSettled)
             // An acknowledgement frees room; the waiting one goes where there is room.
             let ids = pool.member(1)!.unacknowledged.keys.sorted()
             #expect(pool.acknowledge([ids[0]], by: 1, active: 0) == [1])
@@ -43,9 +43,9 @@ extension SocketShareTests {
             _ = dispatch(&pool)
             let id = pool.member(1)!.unacknowledged.keys.first!
             _ = pool.acknowledge([id], by: 1, active: 2)
-            #expect(pool.member(1)?.inFlight == 2 && !pool.hasRoom)
+            #expect(pool.member(1)?.inFlight == 2 && !pool.hasRoom())
             pool.report(0, by: 1)
-            #expect(pool.hasRoom && pool.member(1)?.handled == 1)
+            #expect(pool.hasRoom() && pool.member(1)?.handled == 1)
         }
 
         @Test func leastLoadedPicksTheWorkerWithTheFewest() {
@@ -97,7 +97,7 @@ extension SocketShareTests {
             #expect(pool.oldestSent(1) == now + .seconds(1))
             pool.stall(1)
             pool.enqueue(3)
-            #expect(pool.assign().isEmpty && !pool.hasRoom)
+            #expect(pool.assign().isEmpty && !pool.hasRoom())
         }
 
         @Test func anUnsentBatchWaitsAgainAndSettlingNeedsEveryAcknowledgement() {

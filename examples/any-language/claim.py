@@ -17,8 +17,13 @@ def decode(text):
 def claim(text):
     mechanism, family, kind, inode, share_id, endpoint, secret = decode(text)
     assert mechanism in (1, 3), "sharer and broker tokens are claimed; pidfd tokens are pulled"
+    directory = os.open(os.path.dirname(endpoint), os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
-        s.connect(endpoint)
+        owner = os.fstat(directory)  # trust the holder only if it owns a directory no one else writes
+        s.connect(f"/proc/self/fd/{directory}/{os.path.basename(endpoint)}")
+        os.close(directory)
+        _, uid, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        assert owner.st_mode & 0o022 == 0 and uid in (owner.st_uid, 0), "an untrusted holder"
         s.send(struct.pack("!BBQ", 1, 0x01, share_id) + secret)
         data, fds, flags, _ = socket.recv_fds(s, 65536, 1, socket.MSG_CMSG_CLOEXEC)
         if data[1] == 0xFF:

@@ -36,6 +36,12 @@ static inline unsigned char *cs_cmsg_data(struct cmsghdr *cmsg) { return CMSG_DA
 /// The SO_PEERPIDFD option (Linux 6.5); older headers lack the constant.
 #define CS_SO_PEERPIDFD 77
 
+/// O_PATH (GNU): a descriptor that only names a file, for fstat and *at calls.
+#define CS_O_PATH 010000000
+
+/// The SO_PEERGROUPS option (Linux 4.13).
+#define CS_SO_PEERGROUPS 59
+
 /// pidfd_open(2). Returns a pidfd (always close-on-exec) or -1 with errno.
 int cs_pidfd_open(pid_t pid, unsigned int flags);
 

@@ -8,22 +8,36 @@ import SocketShareCore
 /// closes. Claims go through `SocketShare.adopt(_:timeout:)`, as for any token.
 public struct BrokerClient: Sendable {
     /// The broker's socket.
-    public var socketPath: String
+    public let socketPath: String
     /// How long to wait for an answer.
     public var timeout: Duration
+    /// Whom the client trusts to serve `socketPath` (``Rendezvous``): a path derived from the runtime
+    /// directory must be this user's or root's; a named one, its directory owner's.
+    private let trust: Rendezvous.Trust
 
-    /// A client of the broker at `socketPath` (default `defaultSocketPath`).
-    public init(socketPath: String = BrokerClient.defaultSocketPath, timeout: Duration = .seconds(10)) {
-        self.socketPath = socketPath
+    /// A client of the broker at `socketPath`; nil for the default (``defaultSocketPath``).
+    ///
+    /// Before each request the client checks who serves the path (`docs/SECURITY.md`): the socket's
+    /// directory must not be writable by others, and the broker (`SO_PEERCRED`) must be the
+    /// directory's owner or root; for the default path in the runtime directory, that owner must
+    /// also be this user or root. A path that fails is refused with the reason, never replaced.
+    public init(socketPath: String? = nil, timeout: Duration = .seconds(10)) {
+        let named = socketPath ?? RuntimeDirectory.environment("SOCKSHARE_BROKER").flatMap { $0.isEmpty ? nil : $0 }
+        self.socketPath = named ?? RuntimeDirectory.standardPath + "/broker.sock"
+        self.trust = named == nil ? .ownUserOrRoot : .directoryOwner
         self.timeout = timeout
     }
 
     /// Where brokers listen unless told otherwise: `$SOCKSHARE_BROKER`, else `broker.sock` in the
     /// standard `RuntimeDirectory` (`$XDG_RUNTIME_DIR/sockshare/broker.sock`,
     /// `/run/sockshare/broker.sock` for root).
-    public static var defaultSocketPath: String {
-        if let explicit = RuntimeDirectory.environment("SOCKSHARE_BROKER"), !explicit.isEmpty { return explicit }
-        return RuntimeDirectory.standardPath + "/broker.sock"
+    public static var defaultSocketPath: String { BrokerClient().socketPath }
+
+    /// Connects to the broker, once it is one this client trusts.
+    private func connect(for operation: String) throws(SocketShareError) -> DescriptorChannel {
+        try Rendezvous.connect(
+            to: socketPath, trust: trust, for: operation,
+            absent: "no broker answers at \(socketPath) (start one with `sockshare broker`)")
     }
 
     /// Deposits `descriptor` for `target` and returns the token. The caller keeps its descriptor
@@ -95,77 +109,122 @@ public struct BrokerClient: Sendable {
     /// Claims the share named `name`: this process gets its own descriptor of the socket,
     /// close-on-exec. With a wait, the broker holds the claim while the name is not (yet) held, or
     /// while a single-use share is in another claimant's hands, and answers once it can hand the
-    /// share out or the wait is over.
+    /// share out or the wait is over; a broker that cuts the wait short (`--max-claim-wait`) is
+    /// asked again until the wait is over.
     ///
-    /// - Throws: `SocketShareError`: `notFound` when no share has the name (after the wait);
-    ///   `refused` when its policy does not admit this process (the text says which condition;
-    ///   cause `policyRefused`), or when another claimant still has a single-use share at the end
-    ///   of the wait (cause `claimInProgress`); `expired`; `holderGone` when no broker answers;
+    /// Names are scoped by depositor (`docs/SECURITY.md`): the claim looks at the shares `depositor`
+    /// deposited, or by default at this user's own, then root's, then the broker user's, so a share
+    /// another user deposited under the same name is never taken for one of them.
+    ///
+    /// - Parameters:
+    ///   - name: The share's name.
+    ///   - depositor: Whose share: the uid that deposited it; nil for this user, root or the broker's user.
+    ///   - wait: How long to wait for the name, at most a day.
+    /// - Throws: `SocketShareError`: `notFound` when no share of that name is held for this process,
+    ///   whether none exists or its policy does not admit this process (the broker's log says
+    ///   which); `refused` when another claimant still has a single-use share at the end of the
+    ///   wait (cause `claimInProgress`); `expired`; `holderGone` when no broker answers;
     ///   `invalidArgument` for a bad name or a wait longer than a day.
-    public func claim(named name: String, waitingUpTo wait: Duration = .zero) throws(SocketShareError) -> SocketDescriptor {
-        let (channel, waitMilliseconds) = try connectToClaim(named: name, waitingUpTo: wait)
-        defer { try? channel.close() }
-        return try exchangeNamedClaim(name, waitMilliseconds: waitMilliseconds, on: channel)
+    public func claim(named name: String, from depositor: uid_t? = nil, waitingUpTo wait: Duration = .zero) throws(SocketShareError) -> SocketDescriptor {
+        try claimNamed(name, from: depositor, waitingUpTo: wait, current: nil)
     }
 
-    /// `claim(named:waitingUpTo:)` for async callers: the wait blocks no thread of the cooperative
-    /// pool, and a cancelled task stops waiting (it throws `CancellationError`).
-    public func claim(named name: String, waitingUpTo wait: Duration = .zero) async throws -> SocketDescriptor {
+    /// `claim(named:from:waitingUpTo:)` for async callers: the wait blocks no thread of the
+    /// cooperative pool, and a cancelled task stops waiting (it throws `CancellationError`).
+    public func claim(named name: String, from depositor: uid_t? = nil, waitingUpTo wait: Duration = .zero) async throws -> SocketDescriptor {
         try Task.checkCancellation()
-        let (channel, waitMilliseconds) = try connectToClaim(named: name, waitingUpTo: wait)
-        // Cancelling shuts the socket down (a blocked wait then wakes); only the call closes it,
-        // under the lock, so a shutdown never reaches a descriptor number reused since.
-        let closed = Locked(false)
+        // Cancelling shuts the current connection down (a blocked wait then wakes); only the claim
+        // closes it, under the lock, so a shutdown never reaches a descriptor number reused since.
+        let current = Locked(ClaimConnection())
         do {
             return try await withTaskCancellationHandler {
                 try await BlockingCall.run { () throws(SocketShareError) in
-                    defer { closed.withLock { $0 = true; try? channel.close() } }
-                    return try exchangeNamedClaim(name, waitMilliseconds: waitMilliseconds, on: channel)
+                    try claimNamed(name, from: depositor, waitingUpTo: wait, current: current)
                 }
             } onCancel: {
-                closed.withLock { if !$0 { _ = shutdown(channel.socket.rawValue, CInt(SHUT_RDWR)) } }
+                current.withLock { state in
+                    state.cancelled = true
+                    if let channel = state.channel { _ = shutdown(channel.socket.rawValue, CInt(SHUT_RDWR)) }
+                }
             }
         } catch where Task.isCancelled {
             throw CancellationError()
         }
     }
 
+    /// The connection of a named claim under way, as a cancellation sees it.
+    private struct ClaimConnection: Sendable {
+        var channel: DescriptorChannel?
+        var cancelled = false
+    }
+
     /// The longest wait a named claim may ask for.
     public static let maximumClaimWait: Duration = .seconds(86_400)
 
-    /// Checks the arguments of a named claim and connects to the broker.
-    private func connectToClaim(named name: String, waitingUpTo wait: Duration) throws(SocketShareError) -> (DescriptorChannel, UInt32) {
+    /// Claims `name`, asking again while a wait the broker cut short has time left.
+    private func claimNamed(
+        _ name: String, from depositor: uid_t?, waitingUpTo wait: Duration, current: Locked<ClaimConnection>?
+    ) throws(SocketShareError) -> SocketDescriptor {
         if let problem = ShareName.problem(name) {
             throw SocketShareError(.invalidArgument, operation: "claim", detail: "name \(name): \(problem)")
         }
         guard wait >= .zero, wait <= Self.maximumClaimWait else {
             throw SocketShareError(.invalidArgument, operation: "claim", detail: "wait \(wait): expected 0 to 86400 s")
         }
-        let channel = try DescriptorChannel.connect(
-            to: socketPath, for: "claim", absent: "no broker answers at \(socketPath) (start one with `sockshare broker`)")
-        return (channel, UInt32(wait / .milliseconds(1)))
-    }
-
-    /// Sends the named claim and receives the socket (or the refusal), within the wait plus `timeout`.
-    private func exchangeNamedClaim(_ name: String, waitMilliseconds: UInt32, on channel: DescriptorChannel) throws(SocketShareError) -> SocketDescriptor {
-        let deadline = ContinuousClock.now + .milliseconds(Int64(waitMilliseconds)) + timeout
-        return try ShareClaim.exchange(
-            .claimNamed(name: name, waitMilliseconds: waitMilliseconds), on: channel, deadline: deadline
-        ) { (descriptor, _) throws(SocketShareError) in
-            // No token to check it against: it must at least be a socket.
-            guard (try? SocketIdentity(of: descriptor.rawValue)) != nil else {
-                throw SocketShareError(.verificationFailed, operation: "claim", detail: "the broker sent a descriptor that is not a socket")
+        let end = ContinuousClock.now + wait
+        while true {
+            let started = ContinuousClock.now
+            let remaining = max(.zero, started.duration(to: end))
+            let channel = try connect(for: "claim")
+            let cancelled = current?.withLock { state -> Bool in
+                state.channel = channel
+                return state.cancelled
+            } ?? false
+            defer {
+                if let current {
+                    current.withLock { state in
+                        state.channel = nil
+                        try? channel.close()
+                    }
+                } else {
+                    try? channel.close()
+                }
+            }
+            if cancelled { throw SocketShareError(.timedOut, operation: "claim", detail: "cancelled") }
+            do throws(SocketShareError) {
+                return try exchangeNamedClaim(name, from: depositor, waitMilliseconds: UInt32(remaining / .milliseconds(1)), on: channel)
+            } catch where (error.code == .notFound || error.cause == .claimInProgress)
+                && ContinuousClock.now - started >= .seconds(1) && ContinuousClock.now < end - .seconds(1) {
+                // The broker answered at its own maximum wait, before ours: ask again.
+                continue
             }
         }
     }
 
-    /// Revokes the share named `name` (yours, or any as root) and returns its id.
+    /// Sends the named claim and receives the socket (or the refusal), within the wait plus `timeout`.
+    private func exchangeNamedClaim(
+        _ name: String, from depositor: uid_t?, waitMilliseconds: UInt32, on channel: DescriptorChannel
+    ) throws(SocketShareError) -> SocketDescriptor {
+        let deadline = ContinuousClock.now + .milliseconds(Int64(waitMilliseconds)) + timeout
+        let request = EscrowMessage.claimNamed(name: name, waitMilliseconds: waitMilliseconds, from: depositor)
+        return try ShareClaim.exchange(request, on: channel, deadline: deadline) { (reply, attached) throws(SocketShareError) in
+            guard case .claimed = reply, let attached else { throw ShareClaim.unexpected(reply, attached) }
+            // No token to check it against: it must at least be a socket.
+            guard (try? SocketIdentity(of: attached.rawValue)) != nil else {
+                throw SocketShareError(.verificationFailed, operation: "claim", detail: "the broker sent a descriptor that is not a socket")
+            }
+            return attached
+        }
+    }
+
+    /// Revokes the share named `name` that `depositor` deposited (nil: your own; another user's,
+    /// as root only) and returns its id.
     @discardableResult
-    public func revoke(named name: String) throws(SocketShareError) -> UInt64 {
+    public func revoke(named name: String, from depositor: uid_t? = nil) throws(SocketShareError) -> UInt64 {
         if let problem = ShareName.problem(name) {
             throw SocketShareError(.invalidArgument, operation: "revoke", detail: "name \(name): \(problem)")
         }
-        let reply = try request(.revokeNamed(name: name), operation: "revoke")
+        let reply = try request(.revokeNamed(name: name, from: depositor), operation: "revoke")
         guard case .revoked(let id) = reply else { throw unexpected(reply, "revoke") }
         return id
     }
@@ -218,8 +277,7 @@ public struct BrokerClient: Sendable {
     /// Sends one request and returns the answer; a failure answer is thrown.
     package func request(_ message: EscrowMessage, descriptors: [CInt] = [], operation: String) throws(SocketShareError) -> EscrowMessage {
         let deadline = ContinuousClock.now + timeout
-        let channel = try DescriptorChannel.connect(
-            to: socketPath, for: operation, absent: "no broker answers at \(socketPath) (start one with `sockshare broker`)")
+        let channel = try connect(for: operation)
         defer { try? channel.close() }
         try channel.send(message.bytes, descriptors: descriptors, deadline: deadline)
         guard let reply = try channel.receive(maximumBytes: EscrowMessage.maximumReplyLength, deadline: deadline) else {

@@ -20,11 +20,11 @@ public func adopt(_ token: ShareToken, timeout: Duration = .seconds(10)) throws(
         throw SocketShareError(.expired, operation: "adopt", detail: "the token expired \(ago) s ago")
     }
     do throws(SocketShareError) {
-        switch token.redemption {
-        case .escrow(let secret):
-            return try ShareClaim.claim(token, secret: secret, deadline: .now + timeout)
-        case .pidfd(let descriptor):
-            return try ShareClaim.pull(token, descriptor: descriptor, deadline: .now + timeout)
+        switch token.mechanism {
+        case .sharer, .broker:
+            return try ShareClaim.claim(token, deadline: .now + timeout)
+        case .pidfd:
+            return try ShareClaim.pull(token, deadline: .now + timeout)
         }
     } catch where error.code == .limitReached
         && (error.errno.map { [EMFILE, ENFILE].contains($0.rawValue) } == true || error.cause == .descriptorsTruncated) {

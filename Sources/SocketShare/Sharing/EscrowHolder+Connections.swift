@@ -42,17 +42,20 @@ extension EscrowHolder {
         case silent
     }
 
-    /// Accepts waiting clients; bounded per round so one flood cannot starve the connections already here.
+    /// Accepts waiting clients; bounded per round so one flood cannot starve the connections already
+    /// here. A connection beyond the quota (``ConnectionQuota``: in all, or of its uid) is told why
+    /// and closed at once.
     func acceptConnections() {
         for _ in 0..<64 {
             guard let accepted = try? listener.accept() else { return }
-            guard connections.count < configuration.maximumConnections else {
-                logger.warning(
-                    "connection limit reached; closing a new connection", metadata: ["limit": "\(configuration.maximumConnections)"])
+            guard let peer = try? PeerProcess(of: accepted.rawValue) else {
                 try? accepted.close()
                 continue
             }
-            guard let peer = try? PeerProcess(of: accepted.rawValue) else {
+            if let refusal = quota.admit(peer.uid) {
+                logger.warning("connection refused", metadata: ["pid": "\(peer.pid)", "uid": "\(peer.uid)", "why": "\(refusal)"])
+                metrics.refused(.limitReached)
+                _ = try? DescriptorChannel(accepted).send(EscrowMessage.failure(.limitReached, refusal).bytes, deadline: .now)
                 try? accepted.close()
                 continue
             }
@@ -65,6 +68,7 @@ extension EscrowHolder {
                     serve(connection)
                 }
             } catch {
+                quota.release(peer.uid)
                 try? accepted.close()
                 continue
             }
@@ -157,7 +161,9 @@ extension EscrowHolder {
         }
         switch request {
         case .claim(let shareID, let secret):
-            return claim(shareID, secret: secret, by: connection)
+            return claim(shareID, secret: secret, by: connection, pulling: false)
+        case .pull(let shareID, let secret):
+            return claim(shareID, secret: secret, by: connection, pulling: true)
         case .acknowledge(let shareID):
             return acknowledge(shareID, by: connection)
         default:
@@ -168,8 +174,10 @@ extension EscrowHolder {
         }
     }
 
-    /// Authorises a claim and hands the descriptor out, keeping the holder's copy until acknowledged.
-    private func claim(_ id: UInt64, secret: ShareSecret, by connection: Connection) -> Answer {
+    /// Authorises a claim and hands the descriptor out, keeping the holder's copy until acknowledged:
+    /// attached to the reply, or, when `pulling` (a pidfd share), named in it for the claimant to pull
+    /// from this process with `pidfd_getfd(2)`.
+    private func claim(_ id: UInt64, secret: ShareSecret, by connection: Connection, pulling: Bool) -> Answer {
         if connection.offered != nil {
             return .replyAndClose(.failure(.malformed, "a claim is already waiting for its acknowledgement on this connection"))
         }
@@ -180,8 +188,12 @@ extension EscrowHolder {
             return .reply(refusal.message)
         case .handOut(let descriptor):
             FaultPoint.reached("holder.claim.beforeSend")
-            // The descriptor stays open while it is sent: only this thread closes held duplicates.
-            guard reply(connection, .claimed(shareID: id), descriptors: [descriptor.rawValue]) else {
+            // The descriptor stays open while it is sent (or pulled, until the acknowledgement): only
+            // this thread closes held duplicates.
+            let sent = pulling
+                ? reply(connection, .pullable(shareID: id, descriptor: UInt32(descriptor.rawValue)))
+                : reply(connection, .claimed(shareID: id), descriptors: [descriptor.rawValue])
+            guard sent else {
                 withTable { _ = $0.release(id, connection: connection.id) }
                 return .replyAndClose(.failure(.internalError, "the descriptor could not be sent"))
             }
@@ -200,11 +212,6 @@ extension EscrowHolder {
             service?.handOutSettled(in: self)
             return .silent
         }
-        // A pidfd share: the target pulled the descriptor itself and says so.
-        let claimant = connection.claimant(byStartTimeOnly: configuration.identifiesByStartTimeOnly)
-        if !end({ table in table.acknowledgePulled(id, by: claimant).map { [$0] } ?? [] }).isEmpty {
-            return .silent
-        }
         if let service, service.acknowledged(id, from: connection, in: self) { return .silent }
         return .replyAndClose(.failure(.malformed, "acknowledge of share \(id), which was not handed to this connection"))
     }
@@ -221,6 +228,7 @@ extension EscrowHolder {
     /// claimable again.
     package func close(_ connection: Connection, releasing: Bool) {
         guard connections.removeValue(forKey: connection.id) != nil else { return }
+        quota.release(connection.peer.uid)
         if let watch = connection.watch { reactor.unwatch(watch) }
         if let timer = connection.timer { reactor.cancel(timer) }
         if releasing, let offered = connection.offered {

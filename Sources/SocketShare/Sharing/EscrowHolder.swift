@@ -28,8 +28,8 @@ package final class EscrowHolder: @unchecked Sendable {
         package var limits = EscrowLimits()
         /// How long a connection may stay silent before it is dropped.
         package var requestTimeout: Duration = .seconds(10)
-        /// The most client connections at once; more are closed on arrival.
-        package var maximumConnections = 2048
+        /// How many client connections at once, and per uid; more are refused on arrival.
+        package var connections = ConnectionQuota()
         /// How often targets are checked for having exited.
         package var targetSweepInterval: Duration = .milliseconds(500)
         /// Compare claimants with targets by start time even where pidfs could say exactly, as on
@@ -78,6 +78,8 @@ package final class EscrowHolder: @unchecked Sendable {
 
     // Touched on the reactor's thread only.
     var connections: [UInt64: Connection] = [:]
+    /// The slots the connections take (``Configuration/connections``).
+    var quota: ConnectionQuota
     var nextConnectionID: UInt64 = 1
     var listenerWatch: Reactor.Watch?
     var expiryTimer: Reactor.Timer?
@@ -107,6 +109,7 @@ package final class EscrowHolder: @unchecked Sendable {
     ) throws(SocketShareError) {
         self.configuration = configuration
         self.listener = listener
+        self.quota = configuration.connections
         do throws(SocketShareError) {
             try listener.setNonBlocking(true)
             reactor = try Reactor(name: configuration.mechanism == .broker ? "sockshare-broker" : "sockshare-sharer")
@@ -115,8 +118,7 @@ package final class EscrowHolder: @unchecked Sendable {
             for (_, descriptor) in shares { try? descriptor.close() }
             throw error
         }
-        var generator = SystemRandomNumberGenerator()
-        var table = EscrowTable<SocketDescriptor>(limits: configuration.limits, firstID: generator.next() >> 16 | 1)
+        var table = EscrowTable<SocketDescriptor>(limits: configuration.limits)
         let now = ShareTime.nowMilliseconds
         for (record, descriptor) in shares {
             guard let description = try? SocketDescription(of: descriptor.rawValue) else {
@@ -192,7 +194,7 @@ package final class EscrowHolder: @unchecked Sendable {
         let now = ShareTime.nowMilliseconds
         let deadline = ContinuousClock.now + timeToLive
         let draft = ShareRecord(
-            id: 0, secret: mechanism == .pidfd ? nil : ShareSecret.random(), mechanism: mechanism, target: target,
+            id: 0, secret: ShareSecret.random(), mechanism: mechanism, target: target,
             depositor: depositor, depositorUID: depositorUID, createdAtMilliseconds: now,
             expiresAtMilliseconds: now + UInt64(timeToLive / .milliseconds(1)))
         let result = shared.withLock { state -> Result<(ShareRecord, Bool, Int), SocketShareError> in
@@ -234,7 +236,7 @@ package final class EscrowHolder: @unchecked Sendable {
             mechanism: record.mechanism == .pidfd ? .pidfd : configuration.mechanism, description: description,
             source: record.depositor, target: record.target.identity, createdAtMilliseconds: record.createdAtMilliseconds,
             expiresAtMilliseconds: record.expiresAtMilliseconds, endpoint: configuration.endpoint, shareID: record.id,
-            redemption: record.secret.map { .escrow(secret: $0) } ?? .pidfd(descriptor: descriptor.rawValue))
+            secret: record.secret)
     }
 
     /// Ends share `id` now. Returns false when it is not held.

@@ -56,14 +56,14 @@ package struct EscrowTable<Held> {
     package private(set) var entries: [UInt64: Entry] = [:]
     private var deadlines = DeadlineQueue()
     private var perUser: [uid_t: Int] = [:]
-    private var history: [UInt64: (secret: ShareSecret?, outcome: ShareOutcome)] = [:]
+    private var history: [UInt64: (secret: ShareSecret, outcome: ShareOutcome)] = [:]
     private var historyOrder: [UInt64] = []
-    private var nextID: UInt64
+    private var ids: ShareIDs
 
-    /// An empty table whose first share gets id `firstID`.
-    package init(limits: EscrowLimits, firstID: UInt64) {
+    /// An empty table drawing share ids from `ids` (unguessable ones by default).
+    package init(limits: EscrowLimits, ids: ShareIDs = .random) {
         self.limits = limits
-        nextID = firstID
+        self.ids = ids
     }
 
     /// The shares held now.
@@ -97,8 +97,7 @@ package struct EscrowTable<Held> {
                 detail: "uid \(record.depositorUID) holds \(limit) shares, its limit; claim or revoke some first")
         }
         var record = record
-        record.id = nextID
-        nextID &+= 1
+        repeat { record.id = ids.draw() } while entries[record.id] != nil || history[record.id] != nil
         add(Entry(record: record, description: description, held: held, deadline: deadline))
         return record
     }
@@ -107,7 +106,7 @@ package struct EscrowTable<Held> {
     /// Quotas are not checked: refusing one would lose it.
     package mutating func install(_ record: ShareRecord, description: SocketDescription, held: Held, deadline: ContinuousClock.Instant) {
         add(Entry(record: record, description: description, held: held, deadline: deadline))
-        if record.id >= nextID { nextID = record.id &+ 1 }
+        ids.skip(past: record.id)
     }
 
     private mutating func add(_ entry: Entry) {
@@ -124,8 +123,8 @@ package struct EscrowTable<Held> {
     package mutating func claim(
         _ id: UInt64, secret: ShareSecret, by claimant: Claimant, connection: UInt64, now: ContinuousClock.Instant
     ) -> Claim {
-        guard let entry = entries[id], let held = entry.record.secret, held == secret else {
-            if let ended = history[id], let held = ended.secret, held == secret {
+        guard let entry = entries[id], entry.record.secret == secret else {
+            if let ended = history[id], ended.secret == secret {
                 return .refuse(Self.refusal(for: ended.outcome))
             }
             return .refuse(EscrowRefusal(.notFound, "no share with this id and secret is held here"))
@@ -143,14 +142,6 @@ package struct EscrowTable<Held> {
     /// not handed to that connection.
     package mutating func acknowledge(_ id: UInt64, connection: UInt64) -> Ended? {
         guard let entry = entries[id], entry.offeredTo == connection else { return nil }
-        return end(id, .claimed(by: entry.record.target.identity))
-    }
-
-    /// The target of pidfd share `id` pulled the descriptor itself and says so: the share ends as
-    /// claimed. Nil when there is no such pidfd share, or `claimant` is not its target.
-    package mutating func acknowledgePulled(_ id: UInt64, by claimant: Claimant) -> Ended? {
-        guard let entry = entries[id], entry.record.secret == nil,
-              Self.authorize(claimant, for: entry.record.target) == nil else { return nil }
         return end(id, .claimed(by: entry.record.target.identity))
     }
 
@@ -206,12 +197,11 @@ package struct EscrowTable<Held> {
         entries.keys.sorted().compactMap { end($0, outcome) }
     }
 
-    /// Ends share `id` at the request of `uid`: its depositor or root only.
+    /// Ends share `id` at the request of `uid`: its depositor or root only. A share that is not the
+    /// requester's is refused as one that does not exist: ids say nothing of other users' shares.
     package mutating func revoke(_ id: UInt64, by uid: uid_t) -> Result<Ended, EscrowRefusal> {
-        guard let entry = entries[id] else { return .failure(EscrowRefusal(.notFound, "no share \(id) is held here")) }
-        guard uid == entry.record.depositorUID || uid == 0 else {
-            return .failure(EscrowRefusal(
-                .permissionDenied, "share \(id) belongs to uid \(entry.record.depositorUID); only it or root may revoke it"))
+        guard let entry = entries[id], uid == entry.record.depositorUID || uid == 0 else {
+            return .failure(EscrowRefusal(.notFound, "no share \(id) of yours is held here"))
         }
         return .success(end(id, .revoked)!)
     }
@@ -261,6 +251,8 @@ package struct EscrowTable<Held> {
 package struct EscrowRefusal: Error, Equatable {
     package var failure: EscrowFailure
     package var text: String
+    /// What the holder's log may add that the requester is not told (why a policy refused).
+    package var logDetail: String?
 
     package init(_ failure: EscrowFailure, _ text: String) {
         self.failure = failure

@@ -28,6 +28,33 @@ public enum FuzzingEntryPoints {
         }
     }
 
+    /// A supervisor's control request (`docs/SERVE.md`): whatever parses must print and parse back
+    /// to itself, and a deadline is always in range.
+    public static func decodeControlRequest(_ bytes: [UInt8]) {
+        guard let request = try? ControlRequest(bytes: bytes) else { return }
+        guard let again = try? ControlRequest(bytes: request.bytes), again == request else {
+            fatalError("control request \(bytes) parsed as \(request), which does not survive a round trip")
+        }
+        switch request {
+        case .reload(let deadline?), .upgrade(let deadline?, _):
+            guard deadline > .zero, deadline <= ControlRequest.longestDeadline else {
+                fatalError("control request \(bytes): deadline \(deadline) out of range")
+            }
+        default:
+            break
+        }
+    }
+
+    /// A readiness notification (`sd_notify`) as a supervisor's notify socket reads it from any
+    /// process: the fields must print and parse back to themselves.
+    public static func decodeNotification(_ bytes: [UInt8]) {
+        let fields = SystemdNotifier.parse(bytes)
+        let text = fields.keys.sorted().map { "\($0)=\(fields[$0]!)" }.joined(separator: "\n")
+        guard SystemdNotifier.parse(Array(text.utf8)) == fields else {
+            fatalError("notification \(bytes) parsed as \(fields), which does not survive a round trip")
+        }
+    }
+
     /// The worker protocol (`docs/WORKERS.md`): `bytes` as one worker message, by the full decoder
     /// and by the worker side's fast one (`WorkerChannel`), which must agree with it.
     public static func decodeWorkerMessage(_ bytes: [UInt8]) {
@@ -61,7 +88,7 @@ public enum FuzzingEntryPoints {
         }
     }
 
-    /// Valid inputs of every kind, for a seed corpus: `token`, `escrow` or `worker`.
+    /// Valid inputs of every kind, for a seed corpus: `token`, `escrow`, `worker`, `control` or `notify`.
     public static func seeds(for decoder: String) -> [[UInt8]] {
         switch decoder {
         case "token":
@@ -81,7 +108,9 @@ public enum FuzzingEntryPoints {
                 .failure(.expired, "share 3 expired"),
                 .depositNamed(name: "web", policy: ClaimPolicy(uid: 1000, gid: 100, cgroup: "/app.slice/web"), timeToLiveMilliseconds: 0, keep: true),
                 .depositNamed(name: "db:5432", policy: ClaimPolicy(), timeToLiveMilliseconds: 60_000, keep: false),
-                .claimNamed(name: "web", waitMilliseconds: 0), .claimNamed(name: "late", waitMilliseconds: 30_000), .revokeNamed(name: "web"), .listNamed(after: 9), .depositedNamed(shareID: 9),
+                .claimNamed(name: "web", waitMilliseconds: 0, from: nil), .claimNamed(name: "late", waitMilliseconds: 30_000, from: 0),
+                .revokeNamed(name: "web", from: nil), .revokeNamed(name: "api", from: 1000), .pull(shareID: 5, secret: .random()),
+                .pullable(shareID: 5, descriptor: 9), .listNamed(after: 9), .depositedNamed(shareID: 9),
                 .namedListing(more: false, shares: [named.listing]), .takeoverNamed([named.record]),
             ]
             return messages.map(\.bytes)
@@ -94,6 +123,16 @@ public enum FuzzingEntryPoints {
                 .stop, .accepted([1, 2], active: 2), .refused([3]), .load(active: 5), .ready, .doorbell, .leaving,
             ]
             return messages.map(\.bytes)
+        case "control":
+            let requests: [ControlRequest] = [
+                .status, .reload(deadline: nil), .reload(deadline: .seconds(20)), .reload(deadline: .milliseconds(1500)),
+                .upgrade(deadline: nil, binary: nil), .upgrade(deadline: .seconds(30), binary: nil),
+                .upgrade(deadline: nil, binary: "/usr/local/bin/sockshare"),
+            ]
+            return requests.map(\.bytes) + ["reload 1e300", "reload -1", "reload nan", "upgrade 0 /bin/sh", " status\n"].map { Array($0.utf8) }
+        case "notify":
+            return ["READY=1", "READY=1\nSTATUS=serving\nMAINPID=4242", "RELOADING=1\nMONOTONIC_USEC=123", "STOPPING=1",
+                    "=\n==\nX"].map { Array($0.utf8) }
         default:
             return []
         }
@@ -113,13 +152,12 @@ public enum FuzzingEntryPoints {
         guard let socket = try? SocketDescriptor.listening(on: .ipv4(host: "127.0.0.1", port: 0)) else { return [] }
         defer { try? socket.close() }
         guard let description = try? socket.socketDescription() else { return [] }
-        return [ShareToken.Redemption.escrow(secret: .random()), .pidfd(descriptor: 9)].map { redemption in
+        return [ShareMechanism.sharer, .pidfd, .broker].map { mechanism in
             ShareToken(
-                mechanism: { if case .pidfd = redemption { return .pidfd } else { return .sharer } }(),
-                description: description, source: ProcessIdentity(pid: 100, startTime: 5),
+                mechanism: mechanism, description: description, source: ProcessIdentity(pid: 100, startTime: 5),
                 target: ProcessIdentity(pid: 4242, startTime: 987_654), createdAtMilliseconds: 1_700_000_000_000,
                 expiresAtMilliseconds: 1_700_000_060_000, endpoint: "/run/sockshare/sharer-1-abc.sock", shareID: 77,
-                redemption: redemption)
+                secret: .random())
         }
     }
 

@@ -4,30 +4,30 @@ import SocketShareCore
 /// The target's side of redeeming a token: claiming from an escrow holder, or pulling with pidfd.
 package enum ShareClaim {
     /// Claims an escrowed share: connect, send the claim, receive the descriptor, verify, acknowledge.
-    package static func claim(
-        _ token: ShareToken, secret: ShareSecret, deadline: ContinuousClock.Instant
-    ) throws(SocketShareError) -> SocketDescriptor {
+    package static func claim(_ token: ShareToken, deadline: ContinuousClock.Instant) throws(SocketShareError) -> SocketDescriptor {
         let channel = try connect(to: token)
         defer { try? channel.close() }
         FaultPoint.reached("claim.afterConnect")
-        return try exchange(
-            .claim(shareID: token.shareID, secret: secret), on: channel, deadline: deadline
-        ) { (descriptor, id) throws(SocketShareError) in
+        return try exchange(.claim(shareID: token.shareID, secret: token.secret), on: channel, deadline: deadline) {
+            (reply, attached) throws(SocketShareError) in
+            guard case .claimed(let id) = reply, let attached else { throw unexpected(reply, attached) }
             guard id == token.shareID else {
                 throw SocketShareError(.protocolViolation, operation: "claim", detail: "the holder answered for share \(id), not \(token.shareID)")
             }
-            try verify(descriptor, against: token)
+            try verify(attached, against: token)
+            return attached
         }
     }
 
-    /// The claimant's half of a claim on a connected `channel`: sends `request` (`claim` or
-    /// `claimNamed`), receives the answer, checks the descriptor with `check` (given the share id
-    /// the holder named), and acknowledges it. A refusal is thrown with the holder's code and text
-    /// (and, for `claimInProgress` and `policyRefused`, the matching cause); a descriptor that fails
-    /// the check is closed and not acknowledged.
+    /// The claimant's half of a claim on a connected `channel`: sends `request` (`claim`,
+    /// `claimNamed` or `pull`), receives the answer, and hands it to `take` with the descriptor that
+    /// came with it, if one did; `take` returns the checked descriptor (that one, or one it pulled),
+    /// and the share it was for is acknowledged. A refusal is thrown with the holder's code and text
+    /// (and, for `claimInProgress` and `policyRefused`, the matching cause); a descriptor that
+    /// arrived is closed, and nothing acknowledged, when `take` throws.
     package static func exchange(
         _ request: EscrowMessage, on channel: DescriptorChannel, deadline: ContinuousClock.Instant,
-        check: (SocketDescriptor, UInt64) throws(SocketShareError) -> Void
+        take: (EscrowMessage, SocketDescriptor?) throws(SocketShareError) -> SocketDescriptor
     ) throws(SocketShareError) -> SocketDescriptor {
         // Failures of the channel itself are reported as the claim's; the protocol's own are made so.
         func io<T>(_ body: () throws(SocketShareError) -> T) throws(SocketShareError) -> T {
@@ -53,19 +53,8 @@ package enum ShareClaim {
             reply.closeDescriptors()
             throw error.within("claim", code: .protocolViolation, context: "reply")
         }
+        let shareID: UInt64
         switch message {
-        case .claimed(let id) where reply.descriptorCount == 1:
-            let descriptor = reply.takeDescriptors()[0]
-            FaultPoint.reached("claim.afterReceive")
-            do throws(SocketShareError) {
-                try check(descriptor, id)
-            } catch {
-                try? descriptor.close()
-                throw error
-            }
-            // Until this arrives the holder keeps its copy and would offer the share again.
-            try? channel.send(EscrowMessage.acknowledge(shareID: id).bytes, deadline: deadline)
-            return descriptor
         case .failure(let failure, let text):
             reply.closeDescriptors()
             let cause: SocketShareError.Cause? = switch failure {
@@ -74,37 +63,99 @@ package enum ShareClaim {
             default: nil
             }
             throw SocketShareError(failure.code, operation: "claim", detail: text, cause: cause)
+        case .claimed(let id) where reply.descriptorCount == 1, .pullable(let id, _) where reply.descriptorCount == 0:
+            shareID = id
         default:
             reply.closeDescriptors()
             throw SocketShareError(
                 .protocolViolation, operation: "claim", detail: "unexpected reply with \(reply.descriptorCount) descriptors")
         }
+        let attached = reply.takeDescriptors().first
+        if attached != nil { FaultPoint.reached("claim.afterReceive") }
+        let descriptor: SocketDescriptor
+        do throws(SocketShareError) {
+            descriptor = try take(message, attached)
+        } catch {
+            try? attached?.close()
+            throw error
+        }
+        // Until this arrives the holder keeps its copy and would offer the share again.
+        try? channel.send(EscrowMessage.acknowledge(shareID: shareID).bytes, deadline: deadline)
+        return descriptor
     }
 
-    /// Pulls a pidfd share from the source with `pidfd_getfd(2)`, verifies it and tells the holder.
-    package static func pull(
-        _ token: ShareToken, descriptor number: CInt, deadline: ContinuousClock.Instant
-    ) throws(SocketShareError) -> SocketDescriptor {
+    /// The error for a reply that carries no descriptor to take.
+    package static func unexpected(_ reply: EscrowMessage, _ attached: SocketDescriptor?) -> SocketShareError {
+        SocketShareError(
+            .protocolViolation, operation: "claim",
+            detail: "unexpected reply \(reply) with \(attached == nil ? "no" : "a") descriptor")
+    }
+
+    /// Redeems a pidfd share: asks the holder the token names, which must be the source process
+    /// itself, whether this process may pull the share (the holder checks the secret and that this
+    /// is the target, as for a claim, and names its descriptor), then pulls it with
+    /// `pidfd_getfd(2)` through the pidfd of the process that answered, verifies it and acknowledges.
+    ///
+    /// Nothing in the token is trusted before the holder has confirmed it: a token made up from
+    /// what `/proc` shows of another process (its pid, start time, a socket's inode and descriptor
+    /// number) gets no descriptor, because that process's holder does not know its secret.
+    package static func pull(_ token: ShareToken, deadline: ContinuousClock.Instant) throws(SocketShareError) -> SocketDescriptor {
         let me = ProcessIdentity.current
         guard me.pid == token.target.pid else {
             throw SocketShareError(
                 .refused, operation: "adopt", detail: "this share is for pid \(token.target.pid); this process is pid \(me.pid)")
         }
-        let source: ProcessDescriptor
-        do throws(SocketShareError) {
-            source = try ProcessDescriptor(pid: token.source.pid)
-        } catch where error.code == .invalidArgument {
+        let channel = try connect(to: token)
+        defer { try? channel.close() }
+        let holder = try PeerProcess(of: channel.socket.rawValue)
+        guard holder.pid == token.source.pid, (try? holder.startTime()) == token.source.startTime else {
             throw SocketShareError(
-                .holderGone, operation: "adopt", detail: "the source process (pid \(token.source.pid)) has exited")
+                .refused, operation: "adopt",
+                detail: "\(token.endpoint) is served by pid \(holder.pid), not by the source process \(token.source): "
+                    + "a pidfd share is confirmed by its source only")
         }
-        guard source.identity == token.source else {
-            throw SocketShareError(
-                .holderGone, operation: "adopt",
-                detail: "the source process (pid \(token.source.pid)) has exited; the pid now names another process")
+        return try exchange(.pull(shareID: token.shareID, secret: token.secret), on: channel, deadline: deadline) {
+            (reply, attached) throws(SocketShareError) in
+            guard case .pullable(let id, let number) = reply, attached == nil, id == token.shareID else {
+                throw unexpected(reply, attached)
+            }
+            let descriptor = try pullDescriptor(CInt(number), from: holder, token: token)
+            FaultPoint.reached("pull.afterPull")
+            do throws(SocketShareError) {
+                try verify(descriptor, against: token)
+            } catch {
+                try? descriptor.close()
+                throw error
+            }
+            return descriptor
         }
-        let raw: CInt
+    }
+
+    /// `pidfd_getfd(2)` of descriptor `number` from the holder, through its pidfd (`SO_PEERPIDFD`),
+    /// or one opened by pid and checked against the token where the kernel gives none.
+    private static func pullDescriptor(_ number: CInt, from holder: PeerProcess, token: ShareToken) throws(SocketShareError) -> SocketDescriptor {
+        let opened: ProcessDescriptor?
+        let pidfd: CInt
+        if let peer = holder.pidfd {
+            opened = nil
+            pidfd = peer
+        } else {
+            do throws(SocketShareError) {
+                opened = try ProcessDescriptor(pid: token.source.pid)
+            } catch where error.code == .invalidArgument {
+                throw SocketShareError(.holderGone, operation: "adopt", detail: "the source process (pid \(token.source.pid)) has exited")
+            }
+            guard opened!.identity == token.source else {
+                throw SocketShareError(
+                    .holderGone, operation: "adopt",
+                    detail: "the source process (pid \(token.source.pid)) has exited; the pid now names another process")
+            }
+            pidfd = opened!.rawValue
+        }
         do throws(SocketShareError) {
-            raw = try Kernel.pullDescriptor(from: source.rawValue, number)
+            return SocketDescriptor(taking: try withExtendedLifetime(opened) { () throws(SocketShareError) in
+                try Kernel.pullDescriptor(from: pidfd, number)
+            })
         } catch {
             switch error.errno?.rawValue {
             case EPERM?:
@@ -123,20 +174,6 @@ package enum ShareClaim {
                 throw error.within("adopt")
             }
         }
-        let descriptor = SocketDescriptor(taking: raw)
-        FaultPoint.reached("pull.afterPull")
-        do throws(SocketShareError) {
-            try verify(descriptor, against: token)
-        } catch {
-            try? descriptor.close()
-            throw error
-        }
-        // Tell the holder so it closes its copy now rather than at expiry; failing that is harmless.
-        if let channel = try? connect(to: token) {
-            try? channel.send(EscrowMessage.acknowledge(shareID: token.shareID).bytes, deadline: deadline)
-            try? channel.close()
-        }
-        return descriptor
     }
 
     /// Checks that a received descriptor is the socket the token describes.
@@ -162,8 +199,8 @@ package enum ShareClaim {
     }
 
     private static func connect(to token: ShareToken) throws(SocketShareError) -> DescriptorChannel {
-        try DescriptorChannel.connect(
-            to: token.endpoint, for: "claim",
+        try Rendezvous.connect(
+            to: token.endpoint, trust: .directoryOwner, for: token.mechanism == .pidfd ? "adopt" : "claim",
             absent: "nothing serves \(token.endpoint): the \(token.mechanism) holding this share "
                 + "(pid \(token.source.pid)) has stopped or exited, so the share is gone")
     }

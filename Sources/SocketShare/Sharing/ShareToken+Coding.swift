@@ -3,9 +3,7 @@ extension ShareToken {
     //   u8 version | u8 mechanism | u8 family | u8 type | u32 protocol | u8 flags | u64 inode
     //   | u32 source pid | u64 source start | u32 target pid | u64 target start
     //   | u64 created ms | u64 expires ms | u64 share id | u8 endpoint length | endpoint path
-    //   | redemption | u32 CRC-32 of all preceding bytes
-    // redemption (sharer, broker): 16 bytes secret
-    // redemption (pidfd):          u32 descriptor
+    //   | 16 bytes secret | u32 CRC-32 of all preceding bytes
     // docs/TOKEN.md describes the same layout for other languages.
 
     private static let listeningFlag: UInt8 = 1
@@ -38,10 +36,7 @@ extension ShareToken {
         let path = Array(endpoint.utf8)
         writer.write(UInt8(clamping: path.count))
         writer.write(path)
-        switch redemption {
-        case .pidfd(let descriptor): writer.write(UInt32(bitPattern: descriptor))
-        case .escrow(let secret): writer.write(secret.bytes)
-        }
+        writer.write(secret.bytes)
         writer.write(CRC32.checksum(writer.bytes))
         return writer.bytes
     }
@@ -105,14 +100,7 @@ extension ShareToken {
             throw reader.invalid("endpoint", "not an absolute UTF-8 path without NUL bytes")
         }
         self.endpoint = endpoint
-        switch mechanism {
-        case .pidfd:
-            let descriptor: UInt32 = try reader.read(field: "descriptor")
-            guard descriptor <= UInt32(Int32.max) else { throw reader.invalid("descriptor", "\(descriptor) is out of range") }
-            redemption = .pidfd(descriptor: CInt(descriptor))
-        case .sharer, .broker:
-            redemption = .escrow(secret: ShareSecret(bytes: try reader.readBytes(ShareSecret.byteCount, field: "secret"))!)
-        }
+        secret = ShareSecret(bytes: try reader.readBytes(ShareSecret.byteCount, field: "secret"))!
         let checked = reader.offset
         let checksum: UInt32 = try reader.read(field: "checksum")
         try reader.expectEnd("the checksum")

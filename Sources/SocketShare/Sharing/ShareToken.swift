@@ -13,15 +13,6 @@ import SocketShareCore
 /// holder authorises claims from its own records, not from the token, so editing a token gains
 /// nothing; the checksum only catches corruption.
 public struct ShareToken: Hashable, Sendable {
-    /// How to redeem a token.
-    package enum Redemption: Hashable, Sendable {
-        /// Claim from the escrow holder (sharer or broker) at ``ShareToken/endpoint``, proving the secret.
-        case escrow(secret: ShareSecret)
-        /// Pull descriptor `descriptor` from the source process with `pidfd_getfd(2)`, then tell the
-        /// holder at ``ShareToken/endpoint`` so it can close its copy.
-        case pidfd(descriptor: CInt)
-    }
-
     /// The binary format version this build writes and reads.
     public static let currentVersion: UInt8 = 1
     /// The text form's prefix: format name and version.
@@ -57,14 +48,16 @@ public struct ShareToken: Hashable, Sendable {
     public var endpoint: String
     /// The share's id at its holder.
     public var shareID: UInt64
-    /// How to redeem it (the secret, or the source's descriptor number).
-    package var redemption: Redemption
+    /// What the holder asks of a claimant: with escrow (sharer, broker) the descriptor is claimed
+    /// from the holder; with pidfd the holder confirms the claim and the target pulls the
+    /// descriptor itself (`pidfd_getfd`).
+    package var secret: ShareSecret
 
     /// Creates a token from its parts; tokens come from `duplicate` or from decoding.
     package init(
         mechanism: ShareMechanism, description: SocketDescription, source: ProcessIdentity, target: ProcessIdentity,
         createdAtMilliseconds: UInt64, expiresAtMilliseconds: UInt64, endpoint: String, shareID: UInt64,
-        redemption: Redemption
+        secret: ShareSecret
     ) {
         self.version = Self.currentVersion
         self.mechanism = mechanism
@@ -81,7 +74,7 @@ public struct ShareToken: Hashable, Sendable {
         self.expiresAtMilliseconds = expiresAtMilliseconds
         self.endpoint = endpoint
         self.shareID = shareID
-        self.redemption = redemption
+        self.secret = secret
     }
 
     /// Whether the token's expiry time has passed by the wall clock.

@@ -109,7 +109,7 @@ public final class Sharer: Service, Sendable {
         }
         let description = try SocketDescription(of: descriptor)
         if options.via == .broker || options.via == .auto {
-            let client = BrokerClient(socketPath: options.brokerSocketPath ?? BrokerClient.defaultSocketPath)
+            let client = BrokerClient(socketPath: options.brokerSocketPath)
             do throws(SocketShareError) {
                 return try client.deposit(descriptor, for: target.identity, timeToLive: options.timeToLive)
             } catch where options.via == .auto && error.code == .holderGone {

@@ -30,34 +30,10 @@ package final class DescriptorChannel: Sendable {
         return (DescriptorChannel(first), DescriptorChannel(second))
     }
 
-    /// Connects to a `SOCK_SEQPACKET` listener at a Unix path.
+    /// Connects to a `SOCK_SEQPACKET` listener at a Unix path, trusting whoever listens there: for
+    /// probes and tests. Clients of a rendezvous socket use ``Rendezvous/connect(to:trust:for:absent:)``.
     package static func connect(to path: String) throws(SocketShareError) -> DescriptorChannel {
         DescriptorChannel(try SocketDescriptor.connected(to: .unix(path: path), kind: .seqpacket))
-    }
-
-    /// Connects to the rendezvous socket of a holder, broker or supervisor at `path`, for
-    /// `operation`, naming the usual failures the same way everywhere.
-    ///
-    /// - Parameter absent: What it means that nothing listens there (`ENOENT`, `ECONNREFUSED`).
-    /// - Throws: ``SocketShareError``: `holderGone` with `absent` when nothing listens;
-    ///   `permissionDenied` when this user may not reach the path; else the kernel's error.
-    package static func connect(
-        to path: String, for operation: String, absent: @autoclosure () -> String
-    ) throws(SocketShareError) -> DescriptorChannel {
-        do throws(SocketShareError) {
-            return try connect(to: path)
-        } catch {
-            switch error.errno?.rawValue {
-            case ENOENT?, ECONNREFUSED?:
-                throw SocketShareError(.holderGone, operation: operation, errno: error.errno, detail: absent())
-            case EACCES?:
-                throw SocketShareError(
-                    .permissionDenied, operation: operation, errno: error.errno,
-                    detail: "\(path) is not reachable by this user (its directory is private to its owner's user or group)")
-            default:
-                throw error.within(operation, context: "connect to \(path)")
-            }
-        }
     }
 
     /// Closes this side of the channel; the peer's next receive sees the end.

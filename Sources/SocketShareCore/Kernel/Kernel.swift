@@ -308,14 +308,6 @@ package enum Kernel {
         return info
     }
 
-    /// `mkdir(2)`; returns false when the path already exists.
-    package static func makeDirectory(_ path: String, mode: mode_t) throws(SocketShareError) -> Bool {
-        if Glibc.mkdir(path, mode) == 0 { return true }
-        let error = Glibc.errno
-        if error == EEXIST { return false }
-        throw SocketShareError.system("mkdir", errno: error, detail: path)
-    }
-
     /// `unlink(2)`; a missing file is not an error.
     package static func unlink(_ path: String) {
         _ = Glibc.unlink(path)

@@ -70,6 +70,11 @@ public struct SocketShareError: Error, Sendable, Hashable, CustomStringConvertib
         public static let claimInProgress = Cause("claimInProgress")
         /// A named share's policy does not admit the claimant (code `refused`).
         public static let policyRefused = Cause("policyRefused")
+        /// A rendezvous socket, or its directory, failed a client's check: the directory is a link,
+        /// writable by others, or (for a path the client derived itself) not owned by its user or
+        /// root; or the socket is served by someone other than the directory's owner or root
+        /// (code `permissionDenied`). Someone may be impersonating the broker or supervisor.
+        public static let untrustedRendezvous = Cause("untrustedRendezvous")
     }
 
     /// The category of the failure.

@@ -27,18 +27,41 @@ package enum SystemdListeners {
         }
         let names = (RuntimeDirectory.environment("LISTEN_FDNAMES") ?? "").split(separator: ":", omittingEmptySubsequences: false).map(String.init)
         var listeners: [(String, SocketDescriptor)] = []
+        // Every descriptor is checked before any is taken: on error none is owned (or closed) here.
         for index in 0..<count {
             let fd = firstDescriptor + CInt(index)
             guard Kernel.descriptorFlags(fd) != nil else {
-                for (_, socket) in listeners { _ = socket.release() }
                 throw SocketShareError(
                     .invalidArgument, operation: "socket activation", detail: "LISTEN_FDS=\(count) but descriptor \(fd) is not open")
             }
+            let type = (try Kernel.status(fd)).st_mode & S_IFMT
+            guard type == S_IFSOCK else {
+                throw SocketShareError(
+                    .invalidArgument, operation: "socket activation",
+                    detail: "LISTEN_FDS=\(count) but descriptor \(fd) is \(Self.kind(of: type)), not a socket "
+                        + "(was it passed by a service manager?)")
+            }
+        }
+        for index in 0..<count {
+            let fd = firstDescriptor + CInt(index)
             try Kernel.setCloseOnExec(fd, true)
             let name = index < names.count && !names[index].isEmpty ? names[index] : "unknown"
             listeners.append((name, SocketDescriptor(taking: fd)))
         }
         return listeners
+    }
+
+    /// What a file type (`st_mode & S_IFMT`) is, in words.
+    private static func kind(of type: mode_t) -> String {
+        switch type {
+        case S_IFREG: "a regular file"
+        case S_IFDIR: "a directory"
+        case S_IFIFO: "a pipe"
+        case S_IFCHR: "a character device"
+        case S_IFBLK: "a block device"
+        case S_IFLNK: "a symbolic link"
+        default: "a file of type \(String(type, radix: 8))"
+        }
     }
 
     /// The environment entries that pass `names.count` listeners at 3… to a child: `LISTEN_FDS` and

@@ -38,12 +38,14 @@ package struct SystemdNotifier: Sendable {
         }
     }
 
-    /// Parses a notification into its `KEY=value` pairs (later keys win).
+    /// Parses a notification into its `KEY=value` pairs (later keys win), as systemd does: lines end
+    /// at each `\n` byte, a line without `=` is skipped. Any process may write to a supervisor's
+    /// notify socket, so nothing here trusts the input; what it says is heeded only from a worker.
     package static func parse(_ bytes: [UInt8]) -> [String: String] {
         var fields: [String: String] = [:]
-        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
-            guard let equals = line.firstIndex(of: "=") else { continue }
-            fields[String(line[..<equals])] = String(line[line.index(after: equals)...])
+        for line in bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true) {
+            guard let equals = line.firstIndex(of: UInt8(ascii: "=")) else { continue }
+            fields[String(decoding: line[..<equals], as: UTF8.self)] = String(decoding: line[(equals + 1)...], as: UTF8.self)
         }
         return fields
     }

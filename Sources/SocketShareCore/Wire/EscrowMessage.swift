@@ -1,3 +1,5 @@
+import Glibc
+
 /// The messages of the escrow protocol, spoken between clients and an escrow holder (the in-process
 /// sharer or the broker daemon) over a `SOCK_SEQPACKET` Unix socket.
 ///
@@ -29,19 +31,28 @@ package enum EscrowMessage: Equatable, Sendable {
     /// `timeToLiveMilliseconds` (0: until revoked, with `keep` only). With `keep` every admitted
     /// claimant gets a descriptor; without, the first one only. Answered by ``depositedNamed(shareID:)``.
     case depositNamed(name: String, policy: ClaimPolicy, timeToLiveMilliseconds: UInt32, keep: Bool)
-    /// Client → broker: claim the share named `name`. Answered by ``claimed(shareID:)`` with the
+    /// Client → broker: claim the share named `name` that uid `from` deposited (nil: the claimant's
+    /// own, else root's, else the broker user's). Answered by ``claimed(shareID:)`` with the
     /// descriptor attached (then acknowledge it, as any claim), or ``failure(_:_:)``. With
     /// `waitMilliseconds`, a name not held yet, or a single-use share in another claimant's hands,
-    /// is waited for by the broker: the answer comes once it can be handed out, or when the wait ends.
-    case claimNamed(name: String, waitMilliseconds: UInt32)
-    /// Client → broker: end the share named `name` now (its depositor's uid, or root, only).
-    /// Answered by ``revoked(shareID:)``.
-    case revokeNamed(name: String)
+    /// is waited for by the broker: the answer comes once it can be handed out, or when the wait
+    /// ends (the broker may cut a wait to its maximum).
+    case claimNamed(name: String, waitMilliseconds: UInt32, from: uid_t?)
+    /// Client → broker: end the share named `name` that uid `from` deposited (nil: the client's
+    /// own); only its depositor or root may. Answered by ``revoked(shareID:)``.
+    case revokeNamed(name: String, from: uid_t?)
     /// Client → broker: list the named shares the asker may see, those with ids above `after`.
     case listNamed(after: UInt64)
+    /// Client → holder: may I pull share `shareID` (a pidfd share), proving the secret? Answered by
+    /// ``pullable(shareID:descriptor:)`` or ``failure(_:_:)``; once the descriptor is pulled and
+    /// checked, the client acknowledges it on the same connection, as a claim.
+    case pull(shareID: UInt64, secret: ShareSecret)
 
     /// Holder → client: here is the socket (one `SCM_RIGHTS` descriptor).
     case claimed(shareID: UInt64)
+    /// Holder → client: pull descriptor `descriptor` of the holder's process with `pidfd_getfd(2)`;
+    /// the holder keeps it open until the acknowledgement.
+    case pullable(shareID: UInt64, descriptor: UInt32)
     /// Broker → client: the share is held; here is its token (binary form).
     case deposited(token: [UInt8])
     /// Broker → client: the share is revoked and its duplicate closed.
@@ -90,6 +101,7 @@ package enum EscrowMessage: Equatable, Sendable {
         case claimNamed = 0x0A
         case revokeNamed = 0x0B
         case listNamed = 0x0C
+        case pull = 0x0D
         case claimed = 0x81
         case deposited = 0x83
         case revoked = 0x84
@@ -100,6 +112,7 @@ package enum EscrowMessage: Equatable, Sendable {
         case depositedNamed = 0x89
         case takeoverNamed = 0x8A
         case namedListing = 0x8C
+        case pullable = 0x8D
         case failure = 0xFF
     }
 
@@ -107,7 +120,7 @@ package enum EscrowMessage: Equatable, Sendable {
     package var isRequest: Bool {
         switch self {
         case .claim, .acknowledge, .deposit, .revoke, .list, .metrics, .takeover, .takeoverDone, .depositNamed, .claimNamed,
-            .revokeNamed, .listNamed:
+            .revokeNamed, .listNamed, .pull:
             true
         default: false
         }
@@ -145,6 +158,14 @@ package enum EscrowMessage: Equatable, Sendable {
         case .claimed(let shareID):
             writer.write(TypeCode.claimed.rawValue)
             writer.write(shareID)
+        case .pull(let shareID, let secret):
+            writer.write(TypeCode.pull.rawValue)
+            writer.write(shareID)
+            writer.write(secret.bytes)
+        case .pullable(let shareID, let descriptor):
+            writer.write(TypeCode.pullable.rawValue)
+            writer.write(shareID)
+            writer.write(descriptor)
         case .deposited(let token):
             writer.write(TypeCode.deposited.rawValue)
             writer.write(token)
@@ -169,13 +190,15 @@ package enum EscrowMessage: Equatable, Sendable {
             policy.write(to: &writer)
             writer.write(ttl)
             writer.write(UInt8(keep ? 1 : 0))
-        case .claimNamed(let name, let wait):
+        case .claimNamed(let name, let wait, let from):
             writer.write(TypeCode.claimNamed.rawValue)
             writer.writeShortText(name)
             writer.write(wait)
-        case .revokeNamed(let name):
+            Self.write(from, to: &writer)
+        case .revokeNamed(let name, let from):
             writer.write(TypeCode.revokeNamed.rawValue)
             writer.writeShortText(name)
+            Self.write(from, to: &writer)
         case .listNamed(let after):
             writer.write(TypeCode.listNamed.rawValue)
             writer.write(after)
@@ -245,6 +268,14 @@ package enum EscrowMessage: Equatable, Sendable {
             self = .takeoverDone
         case .claimed:
             self = .claimed(shareID: try reader.read(field: "shareID"))
+        case .pull:
+            let shareID: UInt64 = try reader.read(field: "shareID")
+            self = .pull(shareID: shareID, secret: ShareSecret(bytes: try reader.readBytes(ShareSecret.byteCount, field: "secret"))!)
+        case .pullable:
+            let shareID: UInt64 = try reader.read(field: "shareID")
+            let descriptor: UInt32 = try reader.read(field: "descriptor")
+            guard descriptor <= UInt32(Int32.max) else { throw reader.invalid("descriptor", "\(descriptor) is out of range") }
+            self = .pullable(shareID: shareID, descriptor: descriptor)
         case .deposited:
             self = .deposited(token: reader.readRest())
         case .revoked:
@@ -267,9 +298,12 @@ package enum EscrowMessage: Equatable, Sendable {
             guard keep <= 1 else { throw reader.invalid("keep", "\(keep) is not 0 or 1") }
             self = .depositNamed(name: name, policy: policy, timeToLiveMilliseconds: ttl, keep: keep == 1)
         case .claimNamed:
-            self = .claimNamed(name: try Self.readName(&reader), waitMilliseconds: try reader.read(field: "waitMilliseconds"))
+            let name = try Self.readName(&reader)
+            let wait: UInt32 = try reader.read(field: "waitMilliseconds")
+            self = .claimNamed(name: name, waitMilliseconds: wait, from: try Self.readDepositor(&reader))
         case .revokeNamed:
-            self = .revokeNamed(name: try Self.readName(&reader))
+            let name = try Self.readName(&reader)
+            self = .revokeNamed(name: name, from: try Self.readDepositor(&reader))
         case .listNamed:
             self = .listNamed(after: try reader.read(field: "after"))
         case .depositedNamed:
@@ -301,6 +335,23 @@ package enum EscrowMessage: Equatable, Sendable {
             self = .failure(EscrowFailure(rawValue: raw) ?? .internalError, String(decoding: reader.readRest(), as: UTF8.self))
         }
         try reader.expectEnd("the \(type) message")
+    }
+
+    /// An optional depositor uid: `u8 present (0 or 1) | u32 uid`.
+    private static func write(_ depositor: uid_t?, to writer: inout ByteWriter) {
+        writer.write(UInt8(depositor == nil ? 0 : 1))
+        writer.write(depositor ?? 0)
+    }
+
+    private static func readDepositor(_ reader: inout ByteReader) throws(SocketShareError) -> uid_t? {
+        let present: UInt8 = try reader.read(field: "hasFrom")
+        let uid: uid_t = try reader.read(field: "fromUid")
+        guard present <= 1 else { throw reader.invalid("hasFrom", "\(present) is not 0 or 1") }
+        guard present == 1 else {
+            guard uid == 0 else { throw reader.invalid("fromUid", "\(uid) without hasFrom") }
+            return nil
+        }
+        return uid
     }
 
     /// A share name, checked against `ShareName`'s rules.

@@ -7,8 +7,8 @@ import Glibc
 package struct ShareRecord: Hashable, Sendable {
     /// The share's id at its holder.
     package var id: UInt64
-    /// What a claimant must prove; nil for pidfd shares, which are pulled, not claimed.
-    package var secret: ShareSecret?
+    /// What a claimant must prove, whether it claims the descriptor or pulls it (pidfd).
+    package var secret: ShareSecret
     /// How the target redeems it.
     package var mechanism: ShareMechanism
     /// The only process that may claim it.
@@ -24,8 +24,7 @@ package struct ShareRecord: Hashable, Sendable {
 
     package func write(to writer: inout ByteWriter) {
         writer.write(id)
-        writer.write(UInt8(secret == nil ? 0 : 1))
-        writer.write(secret?.bytes ?? [UInt8](repeating: 0, count: ShareSecret.byteCount))
+        writer.write(secret.bytes)
         writer.write(mechanism.rawValue)
         writer.write(UInt32(bitPattern: target.identity.pid))
         writer.write(target.identity.startTime)
@@ -39,7 +38,7 @@ package struct ShareRecord: Hashable, Sendable {
     }
 
     package init(
-        id: UInt64, secret: ShareSecret?, mechanism: ShareMechanism, target: ShareTarget, depositor: ProcessIdentity,
+        id: UInt64, secret: ShareSecret, mechanism: ShareMechanism, target: ShareTarget, depositor: ProcessIdentity,
         depositorUID: uid_t, createdAtMilliseconds: UInt64, expiresAtMilliseconds: UInt64
     ) {
         self.id = id
@@ -54,9 +53,7 @@ package struct ShareRecord: Hashable, Sendable {
 
     package init(from reader: inout ByteReader) throws(SocketShareError) {
         id = try reader.read(field: "id")
-        let hasSecret: UInt8 = try reader.read(field: "hasSecret")
-        let secretBytes = try reader.readBytes(ShareSecret.byteCount, field: "secret")
-        secret = hasSecret == 0 ? nil : ShareSecret(bytes: secretBytes)
+        secret = ShareSecret(bytes: try reader.readBytes(ShareSecret.byteCount, field: "secret"))!
         let mechanismCode: UInt8 = try reader.read(field: "mechanism")
         guard let mechanism = ShareMechanism(rawValue: mechanismCode) else {
             throw reader.invalid("mechanism", "\(mechanismCode) is not a mechanism")

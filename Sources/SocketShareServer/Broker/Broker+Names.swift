@@ -17,10 +17,11 @@ extension Broker {
         case .depositNamed(let name, let policy, let ttl, let keep):
             guard let descriptor else { return .replyAndClose(.failure(.malformed, "a deposit carries one descriptor")) }
             return depositNamed(descriptor, name: name, policy: policy, timeToLiveMilliseconds: ttl, keep: keep, from: connection)
-        case .claimNamed(let name, let wait):
-            return claimNamed(name, waitMilliseconds: wait, by: connection)
-        case .revokeNamed(let name):
-            let result = named.withLock { $0.revoke(named: name, by: connection.peer.uid) }
+        case .claimNamed(let name, let wait, let from):
+            let depositors = NamedShareTable<SocketDescriptor>.depositors(from: from, claimant: connection.peer.uid, brokerUID: geteuid())
+            return claimNamed(name, from: depositors, waitMilliseconds: wait, by: connection)
+        case .revokeNamed(let name, let from):
+            let result = named.withLock { $0.revoke(named: name, from: from, by: connection.peer.uid) }
             switch result {
             case .success(let ended):
                 finish([ended])
@@ -90,6 +91,8 @@ extension Broker {
     /// A claim the broker holds until its name can be handed out (`claimNamed` with a wait).
     struct ParkedClaim {
         let name: String
+        /// The depositors whose shares of that name it may have, in order.
+        let depositors: [uid_t]
         let connection: EscrowHolder.Connection
         var timer: Reactor.Timer?
     }
@@ -104,15 +107,19 @@ extension Broker {
         case sendFailed
     }
 
-    private func claimNamed(_ name: String, waitMilliseconds wait: UInt32, by connection: EscrowHolder.Connection) -> EscrowHolder.Answer {
+    private func claimNamed(
+        _ name: String, from depositors: [uid_t], waitMilliseconds wait: UInt32, by connection: EscrowHolder.Connection
+    ) -> EscrowHolder.Answer {
         if connection.offered != nil || namedOffers[connection.id] != nil || parkedClaims[connection.id] != nil {
             return .replyAndClose(.failure(.malformed, "a claim is already waiting on this connection"))
         }
-        switch attemptNamedClaim(name, by: connection) {
+        switch attemptNamedClaim(name, from: depositors, by: connection) {
         case .handedOut:
             return .silent
         case .refused(let refusal) where wait > 0 && Self.mayBeHandedOutLater(refusal):
-            park(name, for: connection, waitingUpTo: .milliseconds(Int64(wait)))
+            // A wait is held at most the broker's maximum; the client asks again for the rest.
+            let waiting = min(Duration.milliseconds(Int64(wait)), configuration.maximumClaimWait)
+            park(ParkedClaim(name: name, depositors: depositors, connection: connection), waitingUpTo: waiting)
             return .silent
         case .refused(let refusal):
             return .reply(refusal.message)
@@ -127,23 +134,21 @@ extension Broker {
         refusal.failure == .notFound || refusal.failure == .claimInProgress
     }
 
-    /// Decides a claim of `name` by `connection` and, when it may have the share, sends it.
-    private func attemptNamedClaim(_ name: String, by connection: EscrowHolder.Connection) -> NamedClaimAttempt {
+    /// Decides a claim of `name` from `depositors` by `connection` and, when it may have the share, sends it.
+    private func attemptNamedClaim(_ name: String, from depositors: [uid_t], by connection: EscrowHolder.Connection) -> NamedClaimAttempt {
         let peer = connection.peer
         let claimant = NamedShareTable<SocketDescriptor>.Claimant(pid: peer.pid, uid: peer.uid, gid: peer.gid) { peer.cgroup() }
-        let decision = named.withLock { $0.claim(name, by: claimant, connection: connection.id, now: .now) }
+        let decision = named.withLock { $0.claim(name, from: depositors, by: claimant, connection: connection.id, now: .now) }
         switch decision {
         case .refuse(let refusal):
-            // A name not held yet is routine (the claimant started first): not news.
-            let level: Logger.Level = switch refusal.failure {
-            case .policyRefused: .notice
-            case .notFound, .claimInProgress: .debug
-            default: .info
-            }
+            // A name not held yet is routine (the claimant started first): not news. A policy that
+            // refused is: the claimant is told only "not found", the log says why.
+            let level: Logger.Level = refusal.logDetail != nil ? .notice : refusal.failure == .notFound || refusal.failure == .claimInProgress ? .debug : .info
             logger.log(level: level, "named claim refused", metadata: [
-                "name": "\(name)", "reason": "\(refusal.failure)", "pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)",
-                "why": "\(refusal.text)",
+                "name": "\(name)", "reason": "\(refusal.logDetail != nil ? "policyRefused" : "\(refusal.failure)")",
+                "pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)", "why": "\(refusal.logDetail ?? refusal.text)",
             ])
+            if refusal.logDetail != nil { holder.metrics.refused(.policyRefused) }
             return .refused(refusal)
         case .handOut(let id, let descriptor):
             guard holder.reply(connection, .claimed(shareID: id), descriptors: [descriptor.rawValue]) else {
@@ -156,9 +161,10 @@ extension Broker {
         }
     }
 
-    /// Holds `connection`'s claim of `name` until a deposit or a release lets it through
-    /// (``retryParkedClaims(for:)``), or until `wait` ends: then it gets the answer a claim would get then.
-    private func park(_ name: String, for connection: EscrowHolder.Connection, waitingUpTo wait: Duration) {
+    /// Holds a claim until a deposit or a release lets it through (``retryParkedClaims(for:)``), or
+    /// until `wait` ends: then it gets the answer a claim would get then.
+    private func park(_ claim: ParkedClaim, waitingUpTo wait: Duration) {
+        let connection = claim.connection
         let id = connection.id
         // The idle timeout must not drop a connection the broker itself keeps waiting.
         connection.deadline = .now + wait + .seconds(1)
@@ -166,7 +172,9 @@ extension Broker {
             guard let parked = parkedClaims.removeValue(forKey: id) else { return }
             answer(parked, finally: true)
         }
-        parkedClaims[id] = ParkedClaim(name: name, connection: connection, timer: timer)
+        var parked = claim
+        parked.timer = timer
+        parkedClaims[id] = parked
     }
 
     /// Tries the parked claims of `name` again, in the order they came: after a deposit of the name,
@@ -182,7 +190,7 @@ extension Broker {
     /// refused for now, it stays parked unless this is its last try (its wait ended).
     private func answer(_ parked: ParkedClaim, finally last: Bool) {
         let id = parked.connection.id
-        let outcome = attemptNamedClaim(parked.name, by: parked.connection)
+        let outcome = attemptNamedClaim(parked.name, from: parked.depositors, by: parked.connection)
         if case .refused(let refusal) = outcome, !last, Self.mayBeHandedOutLater(refusal) { return }
         if let timer = parkedClaims.removeValue(forKey: id)?.timer { holder.reactor.cancel(timer) }
         switch outcome {
@@ -234,13 +242,13 @@ extension Broker {
         }
     }
 
-    /// The per-uid quota (`--per-uid`) counts pid-targeted and named shares together: the refusal
-    /// when `uid` holds its limit already, else nil.
+    /// The quotas (`Capacity`) count pid-targeted and named shares together: the refusal when
+    /// `uid` may not deposit one more, else nil.
     func quotaRefusal(for uid: uid_t) -> EscrowRefusal? {
-        guard let limit = configuration.maximumSharesPerUser else { return nil }
-        let held = named.withLock { $0.count(depositedBy: uid) } + holder.withTable { $0.count(depositedBy: uid) }
-        guard held >= limit else { return nil }
-        return EscrowRefusal(.limitReached, "uid \(uid) holds \(limit) shares, its limit; claim or revoke some first")
+        let (namedHeld, namedTotal) = named.withLock { ($0.count(depositedBy: uid), $0.count) }
+        let (heldHeld, heldTotal) = holder.withTable { ($0.count(depositedBy: uid), $0.count) }
+        guard let why = capacity.depositRefusal(uid: uid, held: namedHeld + heldHeld, total: namedTotal + heldTotal) else { return nil }
+        return EscrowRefusal(.limitReached, why)
     }
 
     /// Closes the held duplicates of named shares that ended, and counts them.

@@ -45,6 +45,10 @@ extension Broker: EscrowService {
             }
             return .reply(.listing(more: page.more, shares: page.shares))
         case .metrics:
+            // The counters are the whole broker's: only root and the broker's own user may read them.
+            guard capacity.connections.trusted.contains(connection.peer.uid) else {
+                return .reply(.failure(.permissionDenied, "the broker's metrics are for root and the broker's own user"))
+            }
             return .reply(.metricsText(configuration.metricsText?() ?? ""))
         case .takeover:
             return beginHandover(to: connection)

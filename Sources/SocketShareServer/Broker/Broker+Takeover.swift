@@ -103,10 +103,12 @@ extension Broker {
     /// socket and every share it holds over the descriptor channel; the old broker then exits.
     /// Tokens it issued stay claimable here; no connection is refused meanwhile. Serve with ``run()``.
     public static func takingOver(configuration: Configuration, logger: Logger) throws(SocketShareError) -> Broker {
-        let settings = try prepare(configuration, logger: logger)
+        let (settings, capacity) = try prepare(configuration, logger: logger)
         let channel: DescriptorChannel
         do throws(SocketShareError) {
-            channel = try DescriptorChannel.connect(to: settings.endpoint)
+            // The directory is ours (prepared above): the running broker must be this user or root.
+            channel = try Rendezvous.connect(
+                to: settings.endpoint, trust: .ownUserOrRoot, for: "take over", absent: "no broker answers there")
         } catch {
             throw error.within("take over", context: "from \(settings.endpoint) (is a broker running there?)")
         }
@@ -188,7 +190,7 @@ extension Broker {
             }
             logger.notice(
                 "took over \(received.count) shares, \(receivedNamed.count) named shares and the listening socket at \(settings.endpoint)")
-            return Broker(configuration: configuration, holder: holder, installing: receivedNamed)
+            return Broker(configuration: configuration, capacity: capacity, holder: holder, installing: receivedNamed)
         } catch {
             for descriptor in owned { try? descriptor.close() }
             throw error

@@ -27,10 +27,18 @@ public final class Broker: Service, @unchecked Sendable {
         /// The broker's socket. Its directory must be private to this user (`0700`), or with
         /// ``group``, enterable by that group only (`0710`).
         public var socketPath: String
-        /// The most shares held at once; deposits beyond are refused.
+        /// The most shares held at once, pid-targeted and named together; deposits beyond are
+        /// refused. Lowered at start to what the descriptor limit allows (``Capacity``).
         public var maximumShares: Int
-        /// The most shares one depositor uid may hold at once; nil for no limit.
+        /// The most shares one depositor uid may hold at once, for every uid; nil for the automatic
+        /// quota: a quarter of ``maximumShares`` for each uid other than root and the broker's own.
         public var maximumSharesPerUser: Int?
+        /// The most connections one uid other than root and the broker's own may have open at once;
+        /// nil for the automatic limit (64, or an eighth of what the descriptor limit allows).
+        public var maximumConnectionsPerUser: Int?
+        /// The longest a named claim is held waiting for its name; a client that asked for longer
+        /// asks again (`BrokerClient.claim(named:from:waitingUpTo:)` does).
+        public var maximumClaimWait: Duration
         /// The longest time to live a deposit may ask for.
         public var maximumTimeToLive: Duration
         /// A group whose members may reach the broker, for sharing across users; nil keeps it private.
@@ -43,13 +51,16 @@ public final class Broker: Service, @unchecked Sendable {
         /// Creates a configuration; every value has a default.
         public init(
             socketPath: String = BrokerClient.defaultSocketPath, maximumShares: Int = 100_000,
-            maximumSharesPerUser: Int? = nil, maximumTimeToLive: Duration = .seconds(86_400), group: gid_t? = nil,
-            idleTimeout: Duration = .seconds(10), metricsText: (@Sendable () -> String)? = nil
+            maximumSharesPerUser: Int? = nil, maximumConnectionsPerUser: Int? = nil, maximumClaimWait: Duration = .seconds(600),
+            maximumTimeToLive: Duration = .seconds(86_400), group: gid_t? = nil, idleTimeout: Duration = .seconds(10),
+            metricsText: (@Sendable () -> String)? = nil
         ) {
             self.idleTimeout = idleTimeout
             self.socketPath = socketPath
             self.maximumShares = maximumShares
             self.maximumSharesPerUser = maximumSharesPerUser
+            self.maximumConnectionsPerUser = maximumConnectionsPerUser
+            self.maximumClaimWait = maximumClaimWait
             self.maximumTimeToLive = maximumTimeToLive
             self.group = group
             self.metricsText = metricsText
@@ -57,6 +68,8 @@ public final class Broker: Service, @unchecked Sendable {
     }
 
     package let configuration: Configuration
+    /// What the descriptor limit lets this broker hold, and the quotas that follow.
+    package let capacity: Capacity
     package let holder: EscrowHolder
     private let stopped = StopSignal()
 
@@ -83,7 +96,7 @@ public final class Broker: Service, @unchecked Sendable {
     ///   of the group); `invalidArgument` when a broker already answers at the path, or something
     ///   other than a socket is there.
     public convenience init(configuration: Configuration, logger: Logger) throws(SocketShareError) {
-        let settings = try Self.prepare(configuration, logger: logger)
+        let (settings, capacity) = try Self.prepare(configuration, logger: logger)
         if let existing = try Kernel.linkStatus(configuration.socketPath) {
             guard existing.st_mode & S_IFMT == S_IFSOCK else {
                 throw SocketShareError(
@@ -105,14 +118,17 @@ public final class Broker: Service, @unchecked Sendable {
             holder.stop()
             throw error
         }
-        self.init(configuration: configuration, holder: holder)
+        self.init(configuration: configuration, capacity: capacity, holder: holder)
     }
 
-    init(configuration: Configuration, holder: EscrowHolder, installing named: [(NamedShareRecord, SocketDescriptor)] = []) {
+    init(
+        configuration: Configuration, capacity: Capacity, holder: EscrowHolder,
+        installing named: [(NamedShareRecord, SocketDescriptor)] = []
+    ) {
         self.configuration = configuration
+        self.capacity = capacity
         self.holder = holder
-        var generator = SystemRandomNumberGenerator()
-        var table = NamedShareTable<SocketDescriptor>(maximumShares: configuration.maximumShares, firstID: generator.next() >> 16 | 1)
+        var table = NamedShareTable<SocketDescriptor>(maximumShares: capacity.maximumShares)
         let now = ShareTime.nowMilliseconds
         for (record, descriptor) in named {
             guard let description = try? SocketDescription(of: descriptor.rawValue) else {
@@ -162,36 +178,44 @@ public final class Broker: Service, @unchecked Sendable {
     /// The shares held now, pid-targeted and named.
     public var heldShareCount: Int { holder.heldCount + named.withLock { $0.count } }
 
-    static func prepare(_ configuration: Configuration, logger: Logger) throws(SocketShareError) -> EscrowHolder.Configuration {
+    static func prepare(_ configuration: Configuration, logger: Logger) throws(SocketShareError) -> (EscrowHolder.Configuration, Capacity) {
         let path = configuration.socketPath
-        guard path.hasPrefix("/"), let slash = path.lastIndex(of: "/") else {
+        guard let (directory, _) = Kernel.splitPath(path) else {
             throw SocketShareError(.invalidArgument, operation: "start broker", detail: "socket path \(path): not an absolute path")
         }
-        let directory = slash == path.startIndex ? "/" : String(path[..<slash])
         _ = try RuntimeDirectory(preparing: directory, group: configuration.group)
-        raiseDescriptorLimit(logger: logger)
+        let capacity = Capacity(descriptorLimit: raiseDescriptorLimit(logger: logger), configuration: configuration)
+        if capacity.maximumShares < configuration.maximumShares {
+            logger.notice("the descriptor limit allows \(capacity.maximumShares) shares; holding at most that many", metadata: [
+                "descriptorLimit": "\(capacity.descriptorLimit)", "asked": "\(configuration.maximumShares)",
+            ])
+        }
         var settings = EscrowHolder.Configuration(endpoint: path, mechanism: .broker, lingerWhenIdle: nil, logger: logger)
-        settings.limits.maximumShares = configuration.maximumShares
-        settings.limits.maximumSharesPerUser = configuration.maximumSharesPerUser
+        settings.limits.maximumShares = capacity.maximumShares
         settings.requestTimeout = configuration.idleTimeout
-        return settings
+        settings.connections = capacity.connections
+        return (settings, capacity)
     }
 
     /// With a group, lets its members connect (the socket file needs write permission for them).
     private static func openToGroup(_ configuration: Configuration) throws(SocketShareError) {
         guard let group = configuration.group else { return }
-        guard chown(configuration.socketPath, geteuid(), group) == 0, chmod(configuration.socketPath, 0o660) == 0 else {
-            throw SocketShareError.system("chmod", errno: Glibc.errno, detail: "\(configuration.socketPath) for group \(group)")
-        }
+        try Kernel.setSocketFile(configuration.socketPath, user: geteuid(), group: group, mode: 0o660)
     }
 
-    /// Every held share is a descriptor: lift the soft limit to the hard one.
-    private static func raiseDescriptorLimit(logger: Logger) {
+    /// Every held share and every connection is a descriptor: lifts the soft limit to the hard one
+    /// and returns the limit now.
+    private static func raiseDescriptorLimit(logger: Logger) -> Int {
         var limit = rlimit()
-        guard getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
-        limit.rlim_cur = limit.rlim_max
-        if setrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit) == 0 {
-            logger.debug("raised the descriptor limit", metadata: ["limit": "\(limit.rlim_cur)"])
+        guard getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1024 }
+        if limit.rlim_cur < limit.rlim_max {
+            var raised = limit
+            raised.rlim_cur = limit.rlim_max
+            if setrlimit(CInt(RLIMIT_NOFILE.rawValue), &raised) == 0 {
+                limit = raised
+                logger.debug("raised the descriptor limit", metadata: ["limit": "\(limit.rlim_cur)"])
+            }
         }
+        return Int(clamping: limit.rlim_cur)
     }
 }

@@ -63,7 +63,11 @@ extension Dispatcher {
             self.reactor = reactor
             self.listeners = listeners
             self.configuration = configuration
-            pool = WorkerPool(policy: configuration.policy, limit: configuration.maximumInFlightPerWorker)
+            // A worker that leaves a connection unacknowledged for a tenth of the stall timeout gets no
+            // new ones until it acknowledges: a client waits at most one stall timeout.
+            pool = WorkerPool(
+                policy: configuration.policy, limit: configuration.maximumInFlightPerWorker,
+                suspectAfter: configuration.stallTimeout / 10)
         }
 
         /// Starts watching the listeners (with nothing to send to yet, they are not read).
@@ -89,11 +93,17 @@ extension Dispatcher {
 
         // MARK: Commands
 
-        package func add(_ channel: DescriptorChannel, pid: pid_t, generation: Int, accepting: Bool, doorbell: SocketDescriptor?) {
+        package func add(
+            _ channel: DescriptorChannel, pid: pid_t, generation: Int, accepting: Bool, doorbell: SocketDescriptor?,
+            probationGroup: UInt32?
+        ) {
             let worker = Worker(pid: pid, generation: generation, channel: channel)
             worker.doorbell = doorbell
             workers[pid] = worker
-            pool.add(pid: pid, generation: generation, accepting: accepting)
+            // External workers are on probation until they acknowledge a connection (WorkerPool.add).
+            pool.add(
+                pid: pid, generation: generation, accepting: accepting,
+                probationGroup: generation == WorkerPool<Pending>.externalGeneration ? probationGroup : nil)
             logger.debug("worker added", metadata: ["pid": "\(pid)", "generation": "\(generation)"])
             if !frozen { watchChannel(worker) }
             if let process = worker.process {
@@ -204,7 +214,7 @@ extension Dispatcher {
 
         /// Watches the listeners only while some worker has room (or a stop takes the backlog).
         private func updateListening() {
-            let wanted = stopDeadline == nil && !paused && !frozen && pool.hasRoom
+            let wanted = stopDeadline == nil && !paused && !frozen && pool.hasRoom()
             guard wanted != listening else { return }
             listening = wanted
             for watch in listenerWatches { reactor.setReadable(watch, wanted) }
@@ -213,7 +223,7 @@ extension Dispatcher {
         /// Accepts up to `limit` connections from listener `index`, while some worker has room (or
         /// unconditionally when stopping).
         private func acceptAll(_ index: Int, limit: Int) {
-            var room = pool.room
+            var room = pool.room()
             var taken = 0
             while taken < limit, stopDeadline != nil || room > 0 {
                 guard let (fd, peer) = (try? Kernel.acceptWithPeer(listeners[index].socket.rawValue)) ?? nil else { break }

@@ -164,11 +164,16 @@ package final class Dispatcher: Sendable {
     ///     still proving itself (a reload) waits for ``promote(generation:)``.
     ///   - doorbell: The worker's doorbell, when a predecessor supervisor hands one over (a worker
     ///     otherwise sends it on its channel).
+    ///   - probationGroup: For an external worker, its uid: it is on probation until it acknowledges
+    ///     a connection (``WorkerPool/add(pid:generation:accepting:probationGroup:)``).
     package func addWorker(
-        _ channel: DescriptorChannel, pid: pid_t, generation: Int, accepting: Bool = true, doorbell: SocketDescriptor? = nil
+        _ channel: DescriptorChannel, pid: pid_t, generation: Int, accepting: Bool = true, doorbell: SocketDescriptor? = nil,
+        probationGroup: UInt32? = nil
     ) {
         let core = self.core
-        reactor.execute { core.add(channel, pid: pid, generation: generation, accepting: accepting, doorbell: doorbell) }
+        reactor.execute {
+            core.add(channel, pid: pid, generation: generation, accepting: accepting, doorbell: doorbell, probationGroup: probationGroup)
+        }
     }
 
     /// Makes `generation`'s workers take connections, and retires every other worker: it gets no

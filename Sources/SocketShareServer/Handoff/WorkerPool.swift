@@ -25,11 +25,19 @@ package struct WorkerPool<Connection> {
         package var isStalled = false
         /// Whether connections go to it (a reload's new generation waits to be promoted).
         package var isAccepting: Bool
+        /// Whether it has acknowledged a connection (workers serve started are trusted from the
+        /// start; external ones prove themselves first).
+        package var isProven: Bool
+        /// Unproven workers of one probation group (an external worker's uid) are sent one
+        /// connection at a time between them, until each acknowledges one.
+        package let probationGroup: UInt32?
 
-        init(pid: pid_t, generation: Int, accepting: Bool) {
+        init(pid: pid_t, generation: Int, accepting: Bool, probationGroup: UInt32?) {
             self.pid = pid
             self.generation = generation
             self.isAccepting = accepting
+            self.isProven = probationGroup == nil
+            self.probationGroup = probationGroup
         }
 
         /// What the worker has: unacknowledged, and acknowledged but still being served.
@@ -39,6 +47,13 @@ package struct WorkerPool<Connection> {
 
         mutating func recordSent(_ id: UInt64, at instant: ContinuousClock.Instant) {
             sent.append((id, instant))
+        }
+
+        /// When the oldest unacknowledged connection was sent, without tidying the record.
+        func peekOldestSent() -> ContinuousClock.Instant? {
+            var head = sentHead
+            while head < sent.count, unacknowledged[sent[head].id] == nil { head += 1 }
+            return head < sent.count ? sent[head].at : nil
         }
 
         /// When the oldest unacknowledged connection was sent.
@@ -63,17 +78,32 @@ package struct WorkerPool<Connection> {
     package let policy: Supervisor.Policy
     /// The most connections in flight to one worker.
     package let limit: Int
+    /// A worker that has left a connection unacknowledged this long gets no new ones until it
+    /// acknowledges (it still has until the stall timeout for what it has); nil: no such rule.
+    package let suspectAfter: Duration?
     package private(set) var members: [Member] = []
     /// Accepted connections no worker has yet, oldest first.
     package private(set) var waiting: Batch = []
+    /// The waiting connections a worker left unacknowledged (it died, stalled or refused them):
+    /// they go to proven workers only, so that a client waits for at most one stalled worker.
+    private var orphans: Set<UInt64> = []
     package private(set) var accepted = 0
     package private(set) var redispatched = 0
     private var nextID: UInt64 = 1
     private var nextWorker = 0
 
-    package init(policy: Supervisor.Policy, limit: Int) {
+    package init(policy: Supervisor.Policy, limit: Int, suspectAfter: Duration? = nil) {
         self.policy = policy
         self.limit = limit
+        self.suspectAfter = suspectAfter
+    }
+
+    /// Whether `member` may be sent a connection now: eligible, not suspect, and with room (an
+    /// unproven worker for one connection at a time: it is on probation until it acknowledges).
+    private func mayTake(_ member: Member, extra: Int, at now: ContinuousClock.Instant) -> Bool {
+        guard member.isEligible, member.inFlight + extra < (member.isProven ? limit : 1) else { return false }
+        if let suspectAfter, let oldest = member.peekOldestSent(), now - oldest >= suspectAfter { return false }
+        return true
     }
 
     private func position(of pid: pid_t) -> Int? { members.firstIndex { $0.pid == pid } }
@@ -83,8 +113,12 @@ package struct WorkerPool<Connection> {
 
     // MARK: Workers
 
-    package mutating func add(pid: pid_t, generation: Int, accepting: Bool) {
-        members.append(Member(pid: pid, generation: generation, accepting: accepting))
+    /// Adds a worker. One with a `probationGroup` (an external worker, grouped by its uid) is on
+    /// probation until it acknowledges a connection: it is sent one at a time, and only while no
+    /// other unproven worker of its group has one — so one uid's workers that never acknowledge
+    /// hold at most one client at a time, for at most one stall timeout.
+    package mutating func add(pid: pid_t, generation: Int, accepting: Bool, probationGroup: UInt32? = nil) {
+        members.append(Member(pid: pid, generation: generation, accepting: accepting, probationGroup: probationGroup))
     }
 
     /// Forgets a worker that exited or closed its channel; what it had not acknowledged goes back
@@ -94,10 +128,11 @@ package struct WorkerPool<Connection> {
         guard let index = position(of: pid) else { return nil }
         let gone = members.remove(at: index)
         if nextWorker > index { nextWorker -= 1 }
-        let orphans = gone.unacknowledged.sorted { $0.key < $1.key }.map { (id: $0.key, connection: $0.value) }
-        waiting.insert(contentsOf: orphans, at: 0)
-        redispatched += orphans.count
-        return orphans.count
+        let left = gone.unacknowledged.sorted { $0.key < $1.key }.map { (id: $0.key, connection: $0.value) }
+        waiting.insert(contentsOf: left, at: 0)
+        orphans.formUnion(left.map(\.id))
+        redispatched += left.count
+        return left.count
     }
 
     /// Makes `generation`'s workers take connections; every other worker is retired. Returns the
@@ -144,12 +179,16 @@ package struct WorkerPool<Connection> {
     // MARK: Connections
 
     /// How many more connections the workers may take now, less those already waiting.
-    package var room: Int {
-        members.reduce(0) { $0 + ($1.isEligible ? max(0, limit - $1.inFlight) : 0) } - waiting.count
+    package func room(at now: ContinuousClock.Instant = .now) -> Int {
+        members.reduce(0) { total, member in
+            total + (mayTake(member, extra: 0, at: now) ? (member.isProven ? limit : 1) - member.inFlight : 0)
+        } - waiting.count
     }
 
     /// Whether some worker may take a connection (the listeners are worth reading).
-    package var hasRoom: Bool { members.contains { $0.isEligible && $0.inFlight < limit } }
+    package func hasRoom(at now: ContinuousClock.Instant = .now) -> Bool {
+        members.contains { mayTake($0, extra: 0, at: now) }
+    }
 
     /// Whether nothing waits and every connection sent was acknowledged.
     package var isSettled: Bool { waiting.isEmpty && members.allSatisfy { $0.unacknowledged.isEmpty } }
@@ -164,19 +203,23 @@ package struct WorkerPool<Connection> {
         return id
     }
 
-    /// Takes the waiting connections that workers have room for, grouped per worker, by the policy.
-    /// They are the caller's to send: ``sent(_:to:at:)`` once they are, ``unsent(_:)`` if not.
-    package mutating func assign() -> [(pid: pid_t, batch: Batch)] {
+    /// Takes the waiting connections that workers have room for, grouped per worker, by the policy
+    /// (an orphan goes to a proven worker only). They are the caller's to send: ``sent(_:to:at:)``
+    /// once they are, ``unsent(_:)`` if not.
+    package mutating func assign(at now: ContinuousClock.Instant = .now) -> [(pid: pid_t, batch: Batch)] {
         guard !waiting.isEmpty else { return [] }
         var extra = [Int](repeating: 0, count: members.count)
+        var probing = Set(members.filter { !$0.isProven && $0.inFlight > 0 }.compactMap(\.probationGroup))
         var batches: [Int: Batch] = [:]
         var order: [Int] = []
         var left: Batch = []
         for item in waiting {
-            guard let index = choose(extra: extra) else {
+            guard let index = choose(extra: extra, at: now, provenOnly: orphans.contains(item.id), probing: probing) else {
                 left.append(item)
                 continue
             }
+            orphans.remove(item.id)
+            if let group = members[index].probationGroup, !members[index].isProven { probing.insert(group) }
             if batches[index] == nil { order.append(index) }
             batches[index, default: []].append(item)
             extra[index] += 1
@@ -185,25 +228,30 @@ package struct WorkerPool<Connection> {
         return order.map { (members[$0].pid, batches[$0]!) }
     }
 
-    /// The worker for the next connection, counting those already assigned in this round.
-    private mutating func choose(extra: [Int]) -> Int? {
-        func load(_ index: Int) -> Int { members[index].inFlight + extra[index] }
+    /// The worker for the next connection, counting those already assigned in this round: an
+    /// unproven one only when `provenOnly` is not set and no other of its group is being probed.
+    private mutating func choose(extra: [Int], at now: ContinuousClock.Instant, provenOnly: Bool, probing: Set<UInt32>) -> Int? {
+        func candidate(_ index: Int) -> Bool {
+            let member = members[index]
+            if !member.isProven, provenOnly || member.probationGroup.map(probing.contains) == true { return false }
+            return mayTake(member, extra: extra[index], at: now)
+        }
         switch policy {
         case .leastLoaded:
             var best: Int? = nil
             var bestLoad = Int.max
-            for index in members.indices where members[index].isEligible {
-                let current = load(index)
-                if current < limit && current < bestLoad {
+            for index in members.indices where candidate(index) {
+                let load = members[index].inFlight + extra[index]
+                if load < bestLoad {
                     best = index
-                    bestLoad = current
+                    bestLoad = load
                 }
             }
             return best
         case .roundRobin:
             for offset in 0..<members.count {
                 let index = (nextWorker + offset) % members.count
-                if members[index].isEligible && load(index) < limit {
+                if candidate(index) {
                     nextWorker = (index + 1) % members.count
                     return index
                 }
@@ -234,6 +282,7 @@ package struct WorkerPool<Connection> {
             if let connection = members[index].unacknowledged.removeValue(forKey: id) {
                 done.append(connection)
                 members[index].handled += 1
+                members[index].isProven = true
             }
         }
         members[index].reportedActive = active
@@ -245,6 +294,7 @@ package struct WorkerPool<Connection> {
         guard let index = position(of: pid) else { return 0 }
         let refused = ids.compactMap { id in members[index].unacknowledged.removeValue(forKey: id).map { (id: id, connection: $0) } }
         waiting.insert(contentsOf: refused, at: 0)
+        orphans.formUnion(refused.map(\.id))
         redispatched += refused.count
         return refused.count
     }

@@ -69,10 +69,11 @@ package final class NotifyListener: Sendable {
             rmdir(directory)
             throw error
         }
-        guard chmod(path, 0o666) == 0 else {
-            let failure = SocketShareError.system("chmod", errno: Glibc.errno, detail: path)
+        do throws(SocketShareError) {
+            try Kernel.setSocketFile(path, user: geteuid(), group: getegid(), mode: 0o666)
+        } catch {
             close()
-            throw failure
+            throw error
         }
     }
 
@@ -95,7 +96,7 @@ package final class NotifyListener: Sendable {
                 return String(cString: path)
             }
             guard let made else { continue }
-            guard chmod(made, 0o711) == 0 else {
+            guard (try? Kernel.setDirectoryMode(made, 0o711)) != nil else {
                 rmdir(made)
                 continue
             }

@@ -2,15 +2,34 @@ import Glibc
 import SocketShare
 import SocketShareCore
 
-/// The control socket (`docs/SERVE.md`): `status`, `reload [SECONDS]`, `upgrade [SECONDS [BINARY]]`.
+/// The control socket (`docs/SERVE.md`, `ControlRequest`): `status`, `reload [SECONDS]`,
+/// `upgrade [SECONDS [BINARY]]`, from the users `ControlAccess` admits.
 /// On the supervisor's reactor thread.
 extension Supervisor {
-    /// Accepts waiting control clients.
+    /// Accepts waiting control clients: serve's own user, root, and whoever
+    /// ``Configuration/controlAccess`` grants, by `SO_PEERCRED` (and `SO_PEERGROUPS`); the others
+    /// are told no and closed.
     func acceptControlConnections() {
         while let accepted = try? control.accept() {
+            let privilege: ControlAccess.Privilege
+            if let peer = try? Kernel.peerCredentials(accepted.rawValue) {
+                let groups = configuration.controlAccess.groups.isEmpty ? [] : Kernel.peerGroups(accepted.rawValue)
+                privilege = configuration.controlAccess.privilege(uid: peer.uid, gid: peer.gid, groups: groups, serveUID: geteuid())
+                if privilege == .refused {
+                    logger.warning("refused a control connection", metadata: ["pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)"])
+                }
+            } else {
+                privilege = .refused
+            }
             let channel = DescriptorChannel(accepted)
+            guard privilege != .refused else {
+                reply(channel, ok: false, reason: "not allowed: this supervisor's control socket admits its own user and root"
+                    + (configuration.controlAccess.grantsOthers ? ", and the users and groups it was told to" : ""), generation: nil)
+                try? channel.close()
+                continue
+            }
             let key = ObjectIdentifier(channel)
-            controlConnections[key] = (channel, nil)
+            controlConnections[key] = (channel, nil, privilege)
             watchControlConnection(key)
         }
     }
@@ -20,7 +39,7 @@ extension Supervisor {
         guard let connection = controlConnections[key], connection.watch == nil else { return }
         controlConnections[key]?.watch = try? reactor.watch(connection.channel.socket.rawValue) { [unowned self] _ in
             guard let connection = controlConnections[key] else { return }
-            if !answerControl(connection.channel) {
+            if !answerControl(connection.channel, privilege: connection.privilege) {
                 if let watch = connection.watch { reactor.unwatch(watch) }
                 controlConnections.removeValue(forKey: key)
                 try? connection.channel.close()
@@ -31,23 +50,29 @@ extension Supervisor {
     /// Answers one control request. Returns false when the client has gone.
     ///
     /// A reload or upgrade is answered once it has succeeded or been rolled back.
-    func answerControl(_ channel: DescriptorChannel) -> Bool {
+    func answerControl(_ channel: DescriptorChannel, privilege: ControlAccess.Privilege) -> Bool {
         guard let message = try? channel.receive(maximumBytes: 4096, deadline: .now) else { return false }
         message.closeDescriptors()
-        let words = String(decoding: message.bytes, as: UTF8.self).trimmingSpaces.split(separator: " ", maxSplits: 2).map(String.init)
-        let seconds = words.count > 1 ? Double(words[1]) : nil
-        let deadline = seconds.flatMap { $0 > 0 && $0.isFinite ? Duration.milliseconds(Int64($0 * 1000)) : nil } ?? configuration.reloadDeadline
-        switch words.first {
-        case "status":
+        let request: ControlRequest
+        do throws(SocketShareError) {
+            request = try ControlRequest(bytes: message.bytes)
+        } catch {
+            reply(channel, ok: false, reason: error.detail, generation: nil)
+            return true
+        }
+        if let refusal = ControlAccess.refusal(of: request, by: privilege) {
+            logger.warning("refused a control request: \(refusal)")
+            reply(channel, ok: false, reason: refusal, generation: nil)
+            return true
+        }
+        switch request {
+        case .status:
             return (try? channel.send(currentStatus().json, deadline: .now + .seconds(1))) != nil
-        case "reload":
-            beginReload(deadline: deadline, requester: channel)
+        case .reload(let deadline):
+            beginReload(deadline: deadline ?? configuration.reloadDeadline, requester: channel)
             return true
-        case "upgrade":
-            beginUpgrade(binary: words.count > 2 ? words[2] : executablePath, deadline: deadline, requester: channel)
-            return true
-        default:
-            reply(channel, ok: false, reason: "unknown command; this supervisor answers: status, reload [SECONDS], upgrade [SECONDS [BINARY]]", generation: nil)
+        case .upgrade(let deadline, let binary):
+            beginUpgrade(binary: binary ?? executablePath, deadline: deadline ?? configuration.reloadDeadline, requester: channel)
             return true
         }
     }

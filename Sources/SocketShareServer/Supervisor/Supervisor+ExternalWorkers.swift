@@ -9,6 +9,13 @@ import SocketShareCore
 /// connection exactly as spawned workers do over theirs: acknowledgement, re-dispatch when one goes
 /// away or stalls, readiness (none is sent connections before it says `ready`), drain on stop.
 ///
+/// An admitted worker is still not trusted with clients until it proves itself: it is sent one
+/// connection, and only while no other new worker of its uid has one, until it acknowledges it; a
+/// worker that leaves a connection unacknowledged gets no more, and is disconnected at the stall
+/// timeout, its connections going to proven workers only (`WorkerPool`). So workers that never
+/// acknowledge hold at most one client of serve's per uid at a time, for one stall timeout. One
+/// uid may connect at most ``ExternalWorkers/maximumPerUser`` workers.
+///
 /// Serve does not start, restart or reload them: a reload leaves them serving, and one that goes
 /// away is simply gone (what it had not acknowledged goes to the others). In the dispatcher they are
 /// workers of `WorkerPool.externalGeneration` with negative ids (they may have no pid serve can
@@ -23,12 +30,16 @@ extension Supervisor {
         public var uid: uid_t?
         /// The primary gid a worker must run as; nil for any. Also the group the socket is opened to.
         public var gid: gid_t?
+        /// The most external workers connected at once for one uid; more are refused.
+        public var maximumPerUser: Int
 
-        /// Workers connecting at `path`, as `uid` (default: serve's own) and `gid` (default: any).
-        public init(path: String, uid: uid_t? = nil, gid: gid_t? = nil) {
+        /// Workers connecting at `path`, as `uid` (default: serve's own) and `gid` (default: any), at
+        /// most `maximumPerUser` at once per uid.
+        public init(path: String, uid: uid_t? = nil, gid: gid_t? = nil, maximumPerUser: Int = 64) {
             self.path = path
             self.uid = uid
             self.gid = gid
+            self.maximumPerUser = maximumPerUser
         }
     }
 
@@ -67,9 +78,7 @@ extension Supervisor {
         do throws(SocketShareError) {
             try socket.setNonBlocking(true)
             if let gid = external.gid {
-                guard chown(path, geteuid(), gid) == 0, chmod(path, 0o660) == 0 else {
-                    throw SocketShareError.system("chmod", errno: Glibc.errno, detail: "\(path) for group \(gid)")
-                }
+                try Kernel.setSocketFile(path, user: geteuid(), group: gid, mode: 0o660)
             }
         } catch {
             try? socket.close()
@@ -89,6 +98,8 @@ extension Supervisor {
     /// connections once they say they are ready; the others are closed, and logged.
     func acceptExternalWorkers() {
         guard let workerSocket, let dispatcher, let external = configuration.externalWorkers else { return }
+        // Forget the workers the dispatcher has dropped, so that they no longer count against their uid.
+        _ = externalWorkerStatus(dispatcher.statistics)
         for _ in 0..<64 {
             guard let accepted = (try? workerSocket.accept()) ?? nil else { return }
             guard let peer = try? PeerProcess(of: accepted.rawValue) else {
@@ -105,11 +116,21 @@ extension Supervisor {
                 try? accepted.close()
                 continue
             }
+            let connected = externalWorkers.values.filter { $0.uid == peer.uid }.count
+            guard connected < external.maximumPerUser else {
+                logger.warning("refused an external worker: its uid has the most connected already", metadata: [
+                    "pid": "\(peer.pid)", "uid": "\(peer.uid)", "limit": "\(external.maximumPerUser)",
+                ])
+                externalRefusals += 1
+                try? accepted.close()
+                continue
+            }
             let id = nextExternalID
             nextExternalID -= 1
             externalWorkers[id] = ExternalWorker(pid: peer.pid, uid: peer.uid, gid: peer.gid, connected: .now)
             dispatcher.addWorker(
-                DescriptorChannel(accepted), pid: id, generation: WorkerPool<Dispatcher.Pending>.externalGeneration, accepting: false)
+                DescriptorChannel(accepted), pid: id, generation: WorkerPool<Dispatcher.Pending>.externalGeneration, accepting: false,
+                probationGroup: peer.uid)
             logger.info("external worker connected", metadata: ["worker": "\(-id)", "pid": "\(peer.pid)", "uid": "\(peer.uid)"])
         }
     }

@@ -70,6 +70,8 @@ public final class Supervisor: Service, @unchecked Sendable {
         public var command: [String]
         /// The control socket; nil picks `serve-PID.sock` in the runtime directory.
         public var controlPath: String?
+        /// Who besides serve's own user and root may use the control socket.
+        public var controlAccess: ControlAccess
         /// How long a stop, or a reload's old generation, waits for workers to finish before `SIGTERM`
         /// (and `SIGKILL` 2 s later).
         public var drainTimeout: Duration
@@ -91,7 +93,7 @@ public final class Supervisor: Service, @unchecked Sendable {
         /// Creates a configuration.
         public init(
             listeners: [ListenerSpecification], workers: Int, mode: Mode, policy: Policy = .roundRobin,
-            command: [String], controlPath: String? = nil, drainTimeout: Duration = .seconds(10),
+            command: [String], controlPath: String? = nil, controlAccess: ControlAccess = ControlAccess(), drainTimeout: Duration = .seconds(10),
             stallTimeout: Duration = .seconds(5), maximumInFlightPerWorker: Int = 256, backlog: CInt = 4096,
             readiness: Readiness = .notify, reloadDeadline: Duration = .seconds(30), externalWorkers: ExternalWorkers? = nil
         ) {
@@ -102,6 +104,7 @@ public final class Supervisor: Service, @unchecked Sendable {
             self.policy = policy
             self.command = command
             self.controlPath = controlPath
+            self.controlAccess = controlAccess
             self.drainTimeout = drainTimeout
             self.stallTimeout = stallTimeout
             self.maximumInFlightPerWorker = maximumInFlightPerWorker
@@ -138,7 +141,7 @@ public final class Supervisor: Service, @unchecked Sendable {
     package var processes: [pid_t: WorkerProcess] = [:]
     package var controlWatch: Reactor.Watch?
     package var notifyWatch: Reactor.Watch?
-    package var controlConnections: [ObjectIdentifier: (channel: DescriptorChannel, watch: Reactor.Watch?)] = [:]
+    package var controlConnections: [ObjectIdentifier: (channel: DescriptorChannel, watch: Reactor.Watch?, privilege: ControlAccess.Privilege)] = [:]
     package var timer: Reactor.Timer?
     package var lastReload: ServeStatus.ReloadOutcome?
     /// Who asked for the reload, or the upgrade, under way: they are answered when it ends.
@@ -209,12 +212,22 @@ public final class Supervisor: Service, @unchecked Sendable {
         var cleanup: [SocketDescriptor] = []
         var notify: NotifyListener?
         var workerSocketToUse: SocketDescriptor?
+        var controlCreated: String?
         do throws(SocketShareError) {
             let inherited = try SystemdListeners.inherited()
             cleanup += inherited.map(\.socket)
             if !inherited.isEmpty {
                 logger.notice("using \(inherited.count) listeners passed in by the service manager (LISTEN_FDS); the configured ones are ignored")
                 listeners = inherited.map { Dispatcher.Listener(name: $0.name, socket: $0.socket) }
+                for listener in listeners {
+                    let description = try listener.socket.socketDescription()
+                    guard description.kind == .datagram || description.isListening else {
+                        throw SocketShareError(
+                            .invalidArgument, operation: "serve",
+                            detail: "LISTEN_FDS: descriptor \(listener.socket.rawValue) (\(listener.name)) is \(description), "
+                                + "which does not listen: serve takes listening stream sockets and datagram sockets")
+                    }
+                }
             } else {
                 guard !configuration.listeners.isEmpty else {
                     throw SocketShareError(
@@ -242,6 +255,7 @@ public final class Supervisor: Service, @unchecked Sendable {
             }
             let path: String
             if let explicit = configuration.controlPath {
+                try RuntimeDirectory.checkForSockets(explicit, operation: "serve", role: "control socket")
                 path = explicit
             } else {
                 path = try RuntimeDirectory.standard().appending("serve-\(getpid()).sock")
@@ -256,6 +270,11 @@ public final class Supervisor: Service, @unchecked Sendable {
             }
             let control = try SocketDescriptor.listening(on: .unix(path: path), kind: .seqpacket, backlog: 64)
             cleanup.append(control)
+            controlCreated = path
+            // The gate is SO_PEERCRED (Supervisor+Control.swift), whatever the mode; the mode only
+            // spares strangers a connection that would be refused.
+            try Kernel.setSocketFile(
+                path, user: geteuid(), group: getegid(), mode: configuration.controlAccess.grantsOthers ? 0o666 : 0o600)
             let notifications = try NotifyListener(forControlSocket: path)
             notify = notifications
             if let external = configuration.externalWorkers {
@@ -271,6 +290,7 @@ public final class Supervisor: Service, @unchecked Sendable {
         } catch {
             for socket in cleanup { try? socket.close() }
             for path in owned { Kernel.unlink(path) }
+            if let controlCreated { Kernel.unlink(controlCreated) }
             if workerSocketToUse != nil, let path = configuration.externalWorkers?.path { Kernel.unlink(path) }
             notify?.close()
             throw error

@@ -18,7 +18,11 @@ public struct SupervisorClient: Sendable {
 
     /// The supervisor's listeners, workers and counters.
     public func status() throws(SocketShareError) -> ServeStatus {
-        try ServeStatus(json: try request("status"))
+        let reply = try request(ControlRequest.status.bytes, for: "status")
+        if let answer = try? ControlAnswer(json: reply), !answer.ok {
+            throw SocketShareError(.refused, operation: "status", detail: answer.reason)
+        }
+        return try ServeStatus(json: reply)
     }
 
     /// Starts a new generation of workers and returns once it serves, or once it has been rolled
@@ -36,20 +40,25 @@ public struct SupervisorClient: Sendable {
     }
 
     private func conclude(_ command: String, deadline: Duration?, argument: String? = nil) throws(SocketShareError) -> Answer {
-        var text = command
-        let seconds = deadline.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
-        if let seconds { text += " \(seconds)" } else if argument != nil { text += " 0" }
-        if let argument { text += " \(argument)" }
-        let answer = try ControlAnswer(json: try request(text, timeout: (deadline ?? .seconds(300)) + .seconds(30)))
+        let request: ControlRequest = command == "reload" ? .reload(deadline: deadline) : .upgrade(deadline: deadline, binary: argument)
+        let answer = try ControlAnswer(json: try self.request(request.bytes, for: command, timeout: (deadline ?? .seconds(300)) + .seconds(30)))
         guard answer.ok else { throw SocketShareError(.refused, operation: command, detail: answer.reason) }
         return answer
     }
 
-    /// The control socket of the one `sockshare serve` running in the standard runtime directory.
+    /// The control socket of the one `sockshare serve` running in the standard runtime directory,
+    /// which must be this user's or root's.
     ///
     /// - Throws: ``SocketShareError`` with code `notFound` when there is none, or several.
     public static func discover() throws(SocketShareError) -> String {
         let directory = RuntimeDirectory.standardPath
+        if let info = try Kernel.linkStatus(directory), info.st_uid != geteuid(), info.st_uid != 0 {
+            throw SocketShareError(
+                .permissionDenied, operation: "find sockshare serve",
+                detail: "\(directory) is owned by uid \(info.st_uid), not by this user (uid \(geteuid())) or root: someone else "
+                    + "made it; refusing to look for control sockets in it (name one with --control PATH)",
+                cause: .untrustedRendezvous)
+        }
         let live = Kernel.directoryEntries(directory).filter { name in
             guard name.hasPrefix("serve-"), name.hasSuffix(".sock"), let pid = pid_t(name.dropFirst(6).dropLast(5)) else { return false }
             return Kernel.processExists(pid)
@@ -64,13 +73,13 @@ public struct SupervisorClient: Sendable {
         return directory + "/" + live[0]
     }
 
-    /// Sends one text command and returns the raw answer.
-    package func request(_ command: String, timeout: Duration? = nil) throws(SocketShareError) -> [UInt8] {
+    /// Sends one request and returns the raw answer.
+    package func request(_ bytes: [UInt8], for command: String, timeout: Duration? = nil) throws(SocketShareError) -> [UInt8] {
         let deadline = ContinuousClock.now + (timeout ?? self.timeout)
-        let channel = try DescriptorChannel.connect(
-            to: controlPath, for: command, absent: "no sockshare serve answers at \(controlPath)")
+        let channel = try Rendezvous.connect(
+            to: controlPath, trust: .directoryOwner, for: command, absent: "no sockshare serve answers at \(controlPath)")
         defer { try? channel.close() }
-        try channel.send(Array(command.utf8), deadline: deadline)
+        try channel.send(bytes, deadline: deadline)
         guard let reply = try channel.receive(maximumBytes: 1 << 20, deadline: deadline) else {
             throw SocketShareError(.holderGone, operation: command, detail: "the supervisor closed the connection without answering")
         }

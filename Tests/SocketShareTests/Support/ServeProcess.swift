@@ -38,9 +38,33 @@ final class ServeProcess {
 
     deinit {
         if !stopped {
+            // Its workers too: a worker left running would outlive the test run and hold its output open.
+            let descendants = Self.descendants(of: process.pid)
             try? process.signal(SIGKILL)
+            for pid in descendants { _ = Glibc.kill(pid, SIGKILL) }
             _ = try? process.wait()
         }
+    }
+
+    /// Every process below `pid` (its children, theirs, …), from `/proc/*/stat`.
+    static func descendants(of pid: pid_t) -> [pid_t] {
+        var parents: [pid_t: [pid_t]] = [:]
+        for name in Kernel.directoryEntries("/proc") {
+            guard let child = pid_t(name), let stat = try? Kernel.readFile("/proc/\(name)/stat", limit: 4096),
+                  let close = stat.lastIndex(of: UInt8(ascii: ")")) else { continue }
+            let fields = stat[(close + 2)...].split(separator: UInt8(ascii: " "))
+            guard fields.count > 1, let parent = pid_t(String(decoding: fields[1], as: UTF8.self)) else { continue }
+            parents[parent, default: []].append(child)
+        }
+        var found: [pid_t] = []
+        var queue = [pid]
+        while let next = queue.popLast() {
+            for child in parents[next] ?? [] {
+                found.append(child)
+                queue.append(child)
+            }
+        }
+        return found
     }
 
     func status() throws -> ServeStatus { try SupervisorClient(controlPath: controlPath).status() }
