@@ -49,11 +49,19 @@ struct LoopRegistration: Sendable {
     }
 
     private static func register(_ connections: [(CInt, String?)], on loop: EventLoop, registry: ConnectionRegistry) {
-        let unnamed = ClientBootstrap(group: loop).channelInitializer { channel in registry.initialize(channel, listener: nil) }
+        func bootstrap(_ listener: String?) -> ClientBootstrap {
+            ClientBootstrap(group: loop).channelInitializer { channel in
+                do {
+                    try channel.pipeline.syncOperations.addHandler(EndsOnClose())
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+                return registry.initialize(channel, listener: listener)
+            }
+        }
+        let unnamed = bootstrap(nil)
         for (fd, listener) in connections {
-            let bootstrap = listener.map { name in
-                ClientBootstrap(group: loop).channelInitializer { channel in registry.initialize(channel, listener: name) }
-            } ?? unnamed
+            let bootstrap = listener.map { bootstrap($0) } ?? unnamed
             bootstrap.withConnectedSocket(fd).whenComplete { result in
                 registry.didRegister()
                 if case .failure(let error) = result {
@@ -63,3 +71,19 @@ struct LoopRegistration: Sendable {
         }
     }
 }
+
+/// Ends a handed-over connection when the server closes it: `shutdown(SHUT_WR)`, then `close`.
+///
+/// A handed-over socket may have other descriptors than this process's: the dispatcher's copy until
+/// the acknowledgement, or one still queued for a worker that stalled and was dropped (its
+/// connections went to another worker). `close` alone sends the client nothing while any of those
+/// lingers; the shutdown sends the FIN at once, so a client reading to the end is never kept waiting.
+final class EndsOnClose: ChannelOutboundHandler, RemovableChannelHandler {
+    typealias OutboundIn = NIOAny
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if mode == .all, context.channel.isActive { context.close(mode: .output, promise: nil) }
+        context.close(mode: mode, promise: promise)
+    }
+}
+

@@ -121,29 +121,40 @@ final class HandoffIntake: ConnectionIntake {
         loop.execute { [self] in end() }
     }
 
-    /// Receives every waiting message: acknowledges and registers connections, notes `stop`.
+    /// Receives every waiting message: acknowledges and registers connections, notes `stop`. When
+    /// the dispatcher took back what this worker had not acknowledged (`takenBack`: it stalled, and
+    /// other workers have those connections now), every connection read with it is closed unserved.
     private func receive() {
         let state = state.value
         guard state.phase != .ended else { return }
-        var stopped = false
+        var deliveries: [WorkerChannel.Delivery] = []
         let open: Bool
         do {
-            open = try state.worker.receiveWaiting(listenerNames: registration.registry.namesListeners) { delivery in
-                switch delivery {
-                case .connections(let ids, let listeners, let descriptors):
-                    FaultPoint.reached("worker.beforeAcknowledge")
-                    let active = registration.registry.openCount + descriptors.count
-                    if !state.worker.send(.accepted(ids, active: UInt32(clamping: active))) { stopped = true }
-                    state.reportedLoad = active
-                    registration.register(descriptors, listeners: listeners)
-                case .stop:
-                    stopped = true
-                }
-            }
+            open = try state.worker.receiveWaiting(listenerNames: registration.registry.namesListeners) { deliveries.append($0) }
         } catch {
             logger.error("the dispatcher's channel failed; taking no more connections", metadata: ["error": "\(error)"])
             end()
             return
+        }
+        let takenBack = deliveries.contains { if case .takenBack = $0 { true } else { false } }
+        var stopped = takenBack
+        for delivery in deliveries {
+            guard case .connections(let ids, let listeners, let descriptors) = delivery else {
+                if case .stop = delivery { stopped = true }
+                continue
+            }
+            if takenBack {
+                for fd in descriptors { try? Kernel.close(fd) }
+                continue
+            }
+            FaultPoint.reached("worker.beforeAcknowledge")
+            let active = registration.registry.openCount + descriptors.count
+            if !state.worker.send(.accepted(ids, active: UInt32(clamping: active))) { stopped = true }
+            state.reportedLoad = active
+            registration.register(descriptors, listeners: listeners)
+        }
+        if takenBack {
+            logger.warning("the dispatcher took back the connections this worker had not acknowledged (it stalled)")
         }
         if stopped || !open {
             logger.debug(stopped ? "the dispatcher asked this worker to stop" : "the dispatcher closed the channel")

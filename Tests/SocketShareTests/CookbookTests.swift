@@ -17,7 +17,7 @@ extension SocketShareTests {
         static func runExample(_ name: String, okLines: Int, environment extra: [String: String] = [:]) throws -> String {
             let before = openDescriptors()
             var environment = ProcessSpawner.environment.merging(extra) { _, new in new }
-            environment["SOCKSHARE_BIN"] = Paths.buildDirectory
+            environment["SOCKSHARE_BIN"] = Paths.binaries
             let run = try ProgramRun.run(
                 "bash", [examples + "/\(name)/run.sh"], environment: environment, timeout: .seconds(120))
             #expect(run.status == .exited(0), "\(run.standardOutput)\n\(run.standardError)")
@@ -110,7 +110,7 @@ extension SocketShareTests {
         }
 
         @Test func theWinsockPortRunsTheDocumentedFlow() throws {
-            let run = try ProgramRun.run(Paths.buildDirectory + "/winsock-port", [])
+            let run = try ProgramRun.run(Paths.binaries + "/winsock-port", [])
             #expect(run.status == .exited(0), "\(run.standardOutput)\n\(run.standardError)")
             let lines = run.standardOutput.split(separator: "\n").map(String.init)
             #expect(lines.contains { $0.hasPrefix("source: the share was claimed by pid ") })

@@ -12,7 +12,7 @@ extension SocketShareTests {
     @Suite struct ExternalWorkerTests {
         init() { TestEnvironment.prepare() }
 
-        static let helloWorker = Paths.buildDirectory + "/hello-worker"
+        static let helloWorker = Paths.helloWorker
         static let container = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
         static let hasPidNamespaces = NamedShareTests.hasPidNamespaces
 

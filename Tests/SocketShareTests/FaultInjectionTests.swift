@@ -216,7 +216,7 @@ extension SocketShareTests {
             let once = BrokerProcess.freshDirectory() + "/die-once"
             let marker = try Kernel.open(once, O_WRONLY | O_CREAT, mode: 0o600)
             try Kernel.close(marker)
-            let command = worker == "helper" ? [Paths.helper, "--worker", "serve"] : [Paths.buildDirectory + "/hello-worker"]
+            let command = worker == "helper" ? [Paths.helper, "--worker", "serve"] : [Paths.helloWorker]
             let serve = try ServeProcess(
                 ["--listen", "web=tcp://127.0.0.1:0", "--mode", "handoff"], command: command,
                 workers: 2, environment: Self.dying(at: "worker.beforeAcknowledge", once: once))

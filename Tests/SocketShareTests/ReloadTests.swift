@@ -10,7 +10,7 @@ extension SocketShareTests {
     @Suite struct ReloadTests {
         init() { TestEnvironment.prepare() }
 
-        static let helloWorker = Paths.buildDirectory + "/hello-worker"
+        static let helloWorker = Paths.helloWorker
 
         static func reload(_ serve: ServeProcess, deadline: Double = 20) throws -> ProgramRun {
             try ProgramRun.run(Paths.sockshare, ["reload", "--control", serve.controlPath, "--deadline", "\(deadline)"])

@@ -9,7 +9,7 @@ extension SocketShareTests {
     @Suite struct ServeTests {
         init() { TestEnvironment.prepare() }
 
-        static let helloWorker = Paths.buildDirectory + "/hello-worker"
+        static let helloWorker = Paths.helloWorker
 
         @Test func anUnmodifiedSocketActivatedPythonServerServesInSharedMode() throws {
             let serve = try ServeProcess(

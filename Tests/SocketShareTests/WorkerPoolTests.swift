@@ -112,5 +112,63 @@ extension SocketShareTests {
             _ = pool.acknowledge(Array(pool.member(1)!.unacknowledged.keys), by: 1, active: 1)
             #expect(pool.isSettled)
         }
+
+        @Test func unprovenWorkersArePutOnProbationOneAtATimePerGroup() {
+            var pool = Pool(policy: .roundRobin, limit: 8)
+            pool.add(pid: 1, generation: 0, accepting: true, probationGroup: 500)
+            pool.ready(1)
+            for pid in pid_t(-2)...pid_t(-1) {
+                pool.add(pid: pid, generation: 0, accepting: true, probationGroup: 500)
+                pool.ready(pid)
+            }
+            pool.enqueue(100)
+            // The first worker of the group gets one connection; nobody else of its group meanwhile.
+            #expect(dispatch(&pool) == [1: [100]])
+            for connection in 101...103 { pool.enqueue(connection) }
+            #expect(dispatch(&pool).isEmpty, "no other unproven worker of that group while one is on probation")
+            let first = pool.member(1)!.unacknowledged.keys.sorted()
+            _ = pool.acknowledge(first, by: 1, active: 1)
+            #expect(pool.member(1)?.isProven == true)
+            // Proven, it takes its share; one more of the group is probed.
+            let given = dispatch(&pool)
+            #expect(given.values.map(\.count).reduce(0, +) == 3)
+            #expect(given.keys.filter { $0 < 0 }.count == 1 && given[1] != nil, "\(given)")
+        }
+
+        @Test func whatAStalledProbeLeftGoesToAProvenWorkerAndNotToTheNextProbe() {
+            var pool = Pool(policy: .roundRobin, limit: 8)
+            pool.add(pid: 1, generation: 0, accepting: true)
+            pool.ready(1)
+            pool.add(pid: -2, generation: 0, accepting: true, probationGroup: 0)
+            pool.ready(-2)
+            pool.add(pid: -3, generation: 0, accepting: true, probationGroup: 0)
+            pool.ready(-3)
+            for connection in 1...3 { pool.enqueue(connection) }
+            let first = dispatch(&pool)
+            #expect(first.keys.filter { $0 < 0 }.count == 1, "one probe: \(first)")
+            let probe = first.keys.first { $0 < 0 }!
+            pool.stall(probe)
+            #expect(pool.remove(probe) == 1)
+            #expect(dispatch(&pool) == [1: first[probe]!], "the orphan went to the proven worker")
+        }
+
+        @Test func aWorkerThatLeavesAConnectionUnacknowledgedIsSentNoMoreUntilItAcknowledges() {
+            var pool = Pool(policy: .roundRobin, limit: 8, suspectAfter: .milliseconds(500))
+            pool.add(pid: 1, generation: 1, accepting: true)
+            pool.add(pid: 2, generation: 1, accepting: true)
+            pool.enqueue(1)
+            for (pid, batch) in pool.assign(at: now) { pool.sent(batch, to: pid, at: now) }
+            for connection in 2...5 { pool.enqueue(connection) }
+            let later = now + .seconds(1)
+            var given: [pid_t: [Int]] = [:]
+            for (pid, batch) in pool.assign(at: later) {
+                pool.sent(batch, to: pid, at: later)
+                given[pid, default: []] += batch.map(\.connection)
+            }
+            #expect(given == [2: [2, 3, 4, 5]], "worker 1 sat on its connection for a second: \(given)")
+            #expect(!pool.hasRoom(at: later + .seconds(1)), "both sat on theirs: no room, the listeners wait")
+            _ = pool.acknowledge(Array(pool.member(1)!.unacknowledged.keys), by: 1, active: 1)
+            #expect(pool.hasRoom(at: later + .seconds(1)))
+        }
     }
 }

@@ -169,6 +169,16 @@ func run(_ words: [String]) async throws -> [String] {
             try slot(words[1]).rawValue, for: ProcessIdentity(pid: pid_t(words[2])!, startTime: start),
             timeToLive: .milliseconds(Int(words[4])!))
         return [token.text]
+    case "broker-round":
+        // broker-round SLOT BROKER-PATH: deposits the slot's socket for this very process, claims it
+        // back and closes what it claimed; answers how long the deposit and the claim took, in µs.
+        let client = BrokerClient(socketPath: words[2])
+        let started = ContinuousClock.now
+        let token = try client.deposit(try slot(words[1]).rawValue, for: .current, timeToLive: .seconds(30))
+        let deposited = ContinuousClock.now
+        try SocketShare.adopt(token).close()
+        let claimed = ContinuousClock.now
+        return ["\((deposited - started) / .microseconds(1))", "\((claimed - deposited) / .microseconds(1))"]
     case "broker-list":
         return try BrokerClient(socketPath: words[1]).list().map { "\($0.id)" }
     case "broker-revoke":

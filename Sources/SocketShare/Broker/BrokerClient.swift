@@ -279,7 +279,7 @@ public struct BrokerClient: Sendable {
         let deadline = ContinuousClock.now + timeout
         let channel = try connect(for: operation)
         defer { try? channel.close() }
-        try channel.send(message.bytes, descriptors: descriptors, deadline: deadline)
+        try channel.sendRequest(message.bytes, descriptors: descriptors, deadline: deadline)
         guard let reply = try channel.receive(maximumBytes: EscrowMessage.maximumReplyLength, deadline: deadline) else {
             throw SocketShareError(.holderGone, operation: operation, detail: "the broker closed the connection without answering")
         }

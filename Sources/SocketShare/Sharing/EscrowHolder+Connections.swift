@@ -55,8 +55,7 @@ extension EscrowHolder {
             if let refusal = quota.admit(peer.uid) {
                 logger.warning("connection refused", metadata: ["pid": "\(peer.pid)", "uid": "\(peer.uid)", "why": "\(refusal)"])
                 metrics.refused(.limitReached)
-                _ = try? DescriptorChannel(accepted).send(EscrowMessage.failure(.limitReached, refusal).bytes, deadline: .now)
-                try? accepted.close()
+                DescriptorChannel(accepted).turnAway(EscrowMessage.failure(.limitReached, refusal).bytes)
                 continue
             }
             let connection = Connection(

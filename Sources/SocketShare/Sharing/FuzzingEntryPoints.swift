@@ -83,6 +83,8 @@ public enum FuzzingEntryPoints {
             }
         case .stop:
             guard case .stop?? = fast else { fatalError("worker message \(bytes): a stop the worker side does not see") }
+        case .takenBack:
+            guard case .takenBack?? = fast else { fatalError("worker message \(bytes): a take-back the worker side does not see") }
         default:
             break
         }
@@ -120,7 +122,7 @@ public enum FuzzingEntryPoints {
                     HandedConnection(id: 1, listenerName: "http", peerAddress: "127.0.0.1:50312", localAddress: "127.0.0.1:8080"),
                     HandedConnection(id: 2, listenerName: "", peerAddress: "[::1]:50313", localAddress: "[::1]:8080"),
                 ]),
-                .stop, .accepted([1, 2], active: 2), .refused([3]), .load(active: 5), .ready, .doorbell, .leaving,
+                .stop, .takenBack, .accepted([1, 2], active: 2), .refused([3]), .load(active: 5), .ready, .doorbell, .leaving,
             ]
             return messages.map(\.bytes)
         case "control":

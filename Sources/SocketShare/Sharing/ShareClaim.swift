@@ -37,7 +37,7 @@ package enum ShareClaim {
                 throw error.within("claim")
             }
         }
-        try io { () throws(SocketShareError) in try channel.send(request.bytes, deadline: deadline) }
+        try io { () throws(SocketShareError) in try channel.sendRequest(request.bytes, deadline: deadline) }
         FaultPoint.reached("claim.afterRequest")
         guard let reply = try io({ () throws(SocketShareError) in
             // The answer takes the holder a wake-up: wait for it first, then read it once.

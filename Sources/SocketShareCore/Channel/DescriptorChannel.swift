@@ -36,6 +36,18 @@ package final class DescriptorChannel: Sendable {
         DescriptorChannel(try SocketDescriptor.connected(to: .unix(path: path), kind: .seqpacket))
     }
 
+    /// Turns a client away: sends `reply` (without waiting), and closes so that the client reads
+    /// the reply rather than a reset. Closing a Unix socket with unread data in it makes the peer's
+    /// next receive fail with `ECONNRESET` before it sees what was sent to it; so the channel is shut
+    /// down first (the client can send nothing more: its send gets `EPIPE`), and what the client had
+    /// sent is read and dropped.
+    package func turnAway(_ reply: [UInt8]) {
+        _ = try? send(reply, deadline: .now)
+        _ = try? Kernel.shutdown(socket.rawValue, CInt(SHUT_RDWR))
+        while let message = try? receive(maximumBytes: 65536, deadline: .now) { message.closeDescriptors() }
+        try? close()
+    }
+
     /// Closes this side of the channel; the peer's next receive sees the end.
     package func close() throws(SocketShareError) { try socket.close() }
 
@@ -67,6 +79,17 @@ package final class DescriptorChannel: Sendable {
             } catch where error.errno?.rawValue == EAGAIN || error.errno?.rawValue == ENOBUFS {
                 try waitUntil(POLLOUT, deadline: deadline, operation: "send")
             }
+        }
+    }
+
+    /// Sends a client's request: as ``send(_:descriptors:deadline:)``, except that a server that has
+    /// already answered and closed the connection (`EPIPE`, `ECONNRESET` — one that turned this
+    /// client away on arrival) is no error here: its answer is still waiting to be received.
+    package func sendRequest(_ bytes: [UInt8], descriptors: [CInt] = [], deadline: ContinuousClock.Instant?) throws(SocketShareError) {
+        do throws(SocketShareError) {
+            try send(bytes, descriptors: descriptors, deadline: deadline)
+        } catch where error.errno?.rawValue == EPIPE || error.errno?.rawValue == ECONNRESET {
+            return
         }
     }
 

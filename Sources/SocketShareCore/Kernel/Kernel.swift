@@ -340,9 +340,10 @@ package enum Kernel {
         return ((try? poll(&fds, deadline: .now)) ?? 0) > 0
     }
 
-    /// Whether the process behind `pidfd` is still running (`pidfd_send_signal` with signal 0).
+    /// Whether the process behind `pidfd` is still running (`pidfd_send_signal` with signal 0):
+    /// `EPERM` means it runs, under a uid this process may not signal; `ESRCH`, that it has exited.
     package static func isAlive(_ pidfd: CInt) -> Bool {
-        cs_pidfd_send_signal(pidfd, 0, 0) == 0
+        cs_pidfd_send_signal(pidfd, 0, 0) == 0 || Glibc.errno == EPERM
     }
 
     /// `kill(2)`.

@@ -19,6 +19,8 @@ package final class WorkerChannel {
         case connections(ids: [UInt64], listeners: [String]?, descriptors: [CInt])
         /// Take no more connections: the dispatcher sends none after this.
         case stop
+        /// The connections not acknowledged yet are another worker's now: close them unserved.
+        case takenBack
     }
 
     /// The channel's socket (a connected `SOCK_SEQPACKET` Unix socket).
@@ -104,6 +106,9 @@ package final class WorkerChannel {
             case .stop?:
                 for fd in received.descriptors { try? Kernel.close(fd) }
                 body(.stop)
+            case .takenBack?:
+                for fd in received.descriptors { try? Kernel.close(fd) }
+                body(.takenBack)
             case nil:
                 for fd in received.descriptors { try? Kernel.close(fd) }
             }
@@ -191,6 +196,8 @@ package final class WorkerChannel {
             return .connections(ids: ids, listeners: listenerNames ? listeners : nil, descriptors: [])
         case .stop?:
             return .stop
+        case .takenBack?:
+            return .takenBack
         case nil:
             throw malformed("field type: \(bytes[1]) is not a message type")
         default:

@@ -10,6 +10,9 @@ package enum WorkerMessage: Equatable, Sendable {
     case connections([HandedConnection])
     /// Dispatcher → worker: take no more connections; finish the open ones and exit.
     case stop
+    /// Dispatcher → worker, before it closes the channel of a worker that stalled: the connections
+    /// the worker has not acknowledged went to other workers; close them unserved and go.
+    case takenBack
     /// Worker → dispatcher: these connections arrived and are the worker's now. `active` is how many
     /// connections the worker has open, for least-loaded dispatch and backpressure (0 if unknown).
     case accepted([UInt64], active: UInt32)
@@ -39,6 +42,7 @@ package enum WorkerMessage: Equatable, Sendable {
     package enum TypeCode: UInt8 {
         case connections = 0x21
         case stop = 0x22
+        case takenBack = 0x23
         case accepted = 0x31
         case refused = 0x32
         case load = 0x33
@@ -57,6 +61,8 @@ package enum WorkerMessage: Equatable, Sendable {
             for connection in connections { connection.write(to: &writer) }
         case .stop:
             writer.write(TypeCode.stop.rawValue)
+        case .takenBack:
+            writer.write(TypeCode.takenBack.rawValue)
         case .accepted(let ids, let active):
             writer.write(TypeCode.accepted.rawValue)
             writer.write(active)
@@ -106,6 +112,8 @@ package enum WorkerMessage: Equatable, Sendable {
             self = .connections(connections)
         case .stop:
             self = .stop
+        case .takenBack:
+            self = .takenBack
         case .accepted:
             let active: UInt32 = try reader.read(field: "active")
             self = .accepted(try ids(), active: active)

@@ -260,6 +260,7 @@ extension Dispatcher {
                         ring(worker)
                         FaultPoint.reached("dispatch.afterSend")
                         pool.sent(slice, to: pid, at: .now)
+                        logger.trace("sent connections", metadata: ["pid": "\(pid)", "count": "\(slice.count)", "ids": "\(slice.map(\.id))"])
                         scheduleStallCheck(worker)
                     } catch {
                         // The worker's queue is full, or it is gone: keep these for the next round.
@@ -331,7 +332,7 @@ extension Dispatcher {
                         logger.info("worker is leaving", metadata: ["pid": "\(worker.pid)"])
                         sendStop(worker.pid)
                     }
-                case .connections, .stop:
+                case .connections, .stop, .takenBack:
                     return false
                 }
             }
@@ -378,7 +379,13 @@ extension Dispatcher {
             worker.stallTimer = reactor.schedule(at: oldest + configuration.stallTimeout) { [unowned self, weak worker] in
                 guard let worker else { return }
                 worker.stallTimer = nil
-                guard pool.member(worker.pid)?.isStalled == false, let oldest = pool.oldestSent(worker.pid) else { return }
+                guard pool.member(worker.pid)?.isStalled == false else { return }
+                // Acknowledgements it sent may be waiting on the channel: read them first.
+                if !frozen, !readMessages(from: worker) {
+                    remove(worker, reason: "closed its channel")
+                    return
+                }
+                guard workers[worker.pid] === worker, let oldest = pool.oldestSent(worker.pid) else { return }
                 guard ContinuousClock.now - oldest >= configuration.stallTimeout else {
                     scheduleStallCheck(worker)
                     return
@@ -388,7 +395,10 @@ extension Dispatcher {
                     "pid": "\(worker.pid)", "waiting": "\(pool.member(worker.pid)?.unacknowledged.count ?? 0)",
                 ])
                 if worker.generation == WorkerPool<Pending>.externalGeneration {
-                    // Not ours to kill: drop its channel; what it had not acknowledged goes to others.
+                    // Not ours to kill: tell it that what it has not acknowledged is taken back (so that,
+                    // should it wake, it serves none of it), drop its channel, and send those to others.
+                    _ = try? worker.channel.send(WorkerMessage.takenBack.bytes, deadline: .now)
+                    ring(worker)
                     remove(worker, reason: "stalled and was disconnected")
                     return
                 }

@@ -23,9 +23,12 @@ extension Supervisor {
             }
             let channel = DescriptorChannel(accepted)
             guard privilege != .refused else {
-                reply(channel, ok: false, reason: "not allowed: this supervisor's control socket admits its own user and root"
-                    + (configuration.controlAccess.grantsOthers ? ", and the users and groups it was told to" : ""), generation: nil)
-                try? channel.close()
+                let answer = ControlAnswer(
+                    ok: false,
+                    reason: "not allowed: this supervisor's control socket admits its own user and root"
+                        + (configuration.controlAccess.grantsOthers ? ", and the users and groups it was told to" : ""),
+                    generation: nil)
+                channel.turnAway(answer.json)
                 continue
             }
             let key = ObjectIdentifier(channel)

@@ -79,7 +79,7 @@ public struct SupervisorClient: Sendable {
         let channel = try Rendezvous.connect(
             to: controlPath, trust: .directoryOwner, for: command, absent: "no sockshare serve answers at \(controlPath)")
         defer { try? channel.close() }
-        try channel.send(bytes, deadline: deadline)
+        try channel.sendRequest(bytes, deadline: deadline)
         guard let reply = try channel.receive(maximumBytes: 1 << 20, deadline: deadline) else {
             throw SocketShareError(.holderGone, operation: command, detail: "the supervisor closed the connection without answering")
         }

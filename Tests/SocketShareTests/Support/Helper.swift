@@ -4,14 +4,42 @@ import Testing
 @testable import SocketShareCore
 @testable import SocketShareServer
 
-/// Where the package's built programs are: next to the test bundle.
+/// Where the package's built programs are: next to the test bundle, and — for the tests that run
+/// them as another user — in a directory every user may enter.
 enum Paths {
     static let buildDirectory: String = {
         let executable = Kernel.readLink("/proc/self/exe")!
         return String(executable[..<executable.lastIndex(of: "/")!])
     }()
-    static let helper = buildDirectory + "/sockshare-test-helper"
-    static let sockshare = buildDirectory + "/sockshare"
+
+    /// The programs the tests run, linked (or copied) into a fresh directory of mode 0755 under
+    /// `/tmp`: a checkout may live where only root may enter (root's home, a `mktemp -d`), and
+    /// programs run as nobody, or as root of a user namespace of its own, must still be reachable.
+    /// Removed when the test process exits.
+    static let binaries: String = {
+        var template = Array("/tmp/sockshare-test-bin-XXXXXX".utf8CString)
+        let directory = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+        chmod(directory, 0o755)
+        for name in programs {
+            let source = buildDirectory + "/" + name, target = directory + "/" + name
+            guard access(source, F_OK) == 0, link(source, target) != 0 else { continue }
+            _ = try? ProgramRun.run("cp", [source, target])
+            chmod(target, 0o755)
+        }
+        binariesToRemove.withLock { $0 = directory }
+        atexit {
+            guard let directory = Paths.binariesToRemove.withLock({ $0 }) else { return }
+            for name in Paths.programs { unlink(directory + "/" + name) }
+            rmdir(directory)
+        }
+        return directory
+    }()
+    private static let programs = ["sockshare", "sockshare-test-helper", "sockshare-bench", "hello-worker", "http-app", "winsock-port"]
+    private static let binariesToRemove = Locked<String?>(nil)
+
+    static let helper = binaries + "/sockshare-test-helper"
+    static let sockshare = binaries + "/sockshare"
+    static let helloWorker = binaries + "/hello-worker"
     /// The package's source directory: this file's path without its last four components.
     static let sourceRoot: String = {
         var path = Substring(#filePath)
@@ -162,3 +190,107 @@ struct ProgramRun {
             standardError: String(decoding: err, as: UTF8.self))
     }
 }
+
+extension ProgramRun {
+    /// A program running in the background: its standard output read line by line, its standard
+    /// error collected once it has ended, its standard input a pipe the test may write to.
+    final class Background {
+        let process: ChildProcess
+        private let input: SocketDescriptor?
+        private let output: SocketDescriptor
+        private let errors: SocketDescriptor
+        private var buffered: [UInt8] = []
+        private var ended: ChildProcess.Termination??
+        private var collected: [UInt8] = []
+        /// Whether it had already exited when ``terminate()`` or ``kill()`` was called.
+        private(set) var exitedAtOnce = false
+
+        var pid: pid_t { process.pid }
+
+        private init(process: ChildProcess, input: SocketDescriptor?, output: SocketDescriptor, errors: SocketDescriptor) {
+            self.process = process
+            self.input = input
+            self.output = output
+            self.errors = errors
+        }
+
+        deinit { kill() }
+
+        /// Starts `program`; with `pipeInput`, its standard input is a pipe from ``write(_:)``,
+        /// otherwise it is closed.
+        static func start(
+            _ program: String, _ arguments: [String], environment: [String: String]? = nil, pipeInput: Bool = false
+        ) throws -> Background {
+            let (outRead, outWrite) = try SocketDescriptor.pair()
+            let (errRead, errWrite) = try SocketDescriptor.pair()
+            let (inChild, inWrite) = try SocketDescriptor.pair()
+            let child = try ProcessSpawner.spawn(
+                program, arguments: arguments, environment: environment,
+                descriptors: [0: inChild.rawValue, 1: outWrite.rawValue, 2: errWrite.rawValue])
+            try outWrite.close()
+            try errWrite.close()
+            try inChild.close()
+            if !pipeInput { try inWrite.close() }
+            return Background(process: child, input: pipeInput ? inWrite : nil, output: outRead, errors: errRead)
+        }
+
+        /// The next line of its standard output, or nil at its end or after `timeout`.
+        func readLine(timeout: Duration) -> String? {
+            let deadline = ContinuousClock.now + timeout
+            while true {
+                if let newline = buffered.firstIndex(of: UInt8(ascii: "\n")) {
+                    defer { buffered.removeSubrange(...newline) }
+                    return String(decoding: buffered[..<newline], as: UTF8.self)
+                }
+                guard (try? output.waitUntilReadable(deadline: deadline)) == true, let chunk = try? output.receive(), !chunk.isEmpty else {
+                    return nil
+                }
+                buffered += chunk
+            }
+        }
+
+        /// Writes `text` to its standard input.
+        func write(_ text: String) { try? input?.sendAll(Array(text.utf8)) }
+
+        /// Closes its standard input.
+        func closeInput() { try? input?.close() }
+
+        /// Waits for it to end (at most 30 s, then kills it) and collects its standard error.
+        @discardableResult
+        func wait() -> ChildProcess.Termination? {
+            if let ended { return ended }
+            var termination = try? process.wait(deadline: .now + .seconds(30))
+            if termination == nil {
+                try? process.signal(SIGKILL)
+                termination = try? process.wait()
+            }
+            ended = termination
+            while let chunk = try? errors.receive(), !chunk.isEmpty { collected += chunk }
+            return termination ?? nil
+        }
+
+        /// `SIGTERM`, then ``wait()``.
+        func terminate() {
+            guard ended == nil else { return }
+            if let early = (try? process.wait(deadline: .now)) ?? nil {
+                exitedAtOnce = true
+                ended = early
+                while let chunk = try? errors.receive(), !chunk.isEmpty { collected += chunk }
+                return
+            }
+            try? process.signal(SIGTERM)
+            wait()
+        }
+
+        /// `SIGKILL`, then ``wait()``. Does nothing once it has ended.
+        func kill() {
+            guard ended == nil else { return }
+            try? process.signal(SIGKILL)
+            wait()
+        }
+
+        /// Its standard error, once it has ended.
+        var standardError: String { String(decoding: collected, as: UTF8.self) }
+    }
+}
+

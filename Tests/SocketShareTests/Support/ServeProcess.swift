@@ -13,14 +13,15 @@ final class ServeProcess {
 
     /// Starts `sockshare serve ARGUMENTS -- COMMAND` and waits until every worker runs.
     init(_ arguments: [String], command: [String], workers: Int = 2, descriptors: [CInt: CInt] = [:],
-         environment: [String: String]? = nil, waitForReady: Bool = true) throws {
+         environment: [String: String]? = nil, waitForReady: Bool = true, controlPath: String? = nil) throws {
         let base = BrokerProcess.freshDirectory()
-        controlPath = base + "/control.sock"
+        self.controlPath = controlPath ?? base + "/control.sock"
         logPath = base + "/serve.log"
         let log = try Kernel.open(logPath, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
         defer { try? Kernel.close(log) }
         var placed = descriptors
         placed[2] = log
+        let controlPath = self.controlPath
         process = try ProcessSpawner.spawn(
             Paths.sockshare,
             arguments: ["serve", "--control", controlPath, "--workers", "\(workers)", "--log-level", "debug"] + arguments + ["--"] + command,
