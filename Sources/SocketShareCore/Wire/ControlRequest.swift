@@ -23,8 +23,10 @@ package enum ControlRequest: Equatable, Sendable {
     ///
     /// - Throws: ``SocketShareError`` with code `malformed` saying what is wrong.
     package init(bytes: [UInt8]) throws(SocketShareError) {
-        guard let text = String(validating: bytes, as: UTF8.self) else { throw Self.malformed("the request is not UTF-8 text") }
-        let words = text.trimmingSpaces.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: true).map(String.init)
+        guard String(validating: bytes, as: UTF8.self) != nil else { throw Self.malformed("the request is not UTF-8 text") }
+        // Split on the bytes, not on characters: a space followed by a combining mark is one character.
+        let words = Self.trimmed(bytes[...]).split(separator: UInt8(ascii: " "), maxSplits: 2, omittingEmptySubsequences: true)
+            .map { String(decoding: Self.trimmed($0), as: UTF8.self) }
         switch words.first {
         case "status":
             guard words.count == 1 else { throw Self.malformed("status takes no argument") }
@@ -34,7 +36,7 @@ package enum ControlRequest: Equatable, Sendable {
             self = .reload(deadline: try words.count > 1 ? Self.deadline(words[1]) : nil)
         case "upgrade":
             let deadline = try words.count > 1 ? Self.deadline(words[1]) : nil
-            let binary = words.count > 2 ? words[2].trimmingSpaces : nil
+            let binary = words.count > 2 ? words[2] : nil
             if let binary, binary.isEmpty || binary.utf8.contains(0) { throw Self.malformed("upgrade: the binary is not a path") }
             self = .upgrade(deadline: deadline, binary: binary)
         default:
@@ -53,6 +55,15 @@ package enum ControlRequest: Equatable, Sendable {
             if let binary { text += " \(binary)" }
             return Array(text.utf8)
         }
+    }
+
+    /// `bytes` without leading and trailing ASCII white space (space, tab, CR, LF).
+    private static func trimmed(_ bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
+        let isSpace: (UInt8) -> Bool = { $0 == 0x20 || $0 == 0x09 || $0 == 0x0D || $0 == 0x0A }
+        guard let first = bytes.firstIndex(where: { !isSpace($0) }), let last = bytes.lastIndex(where: { !isSpace($0) }) else {
+            return []
+        }
+        return bytes[first...last]
     }
 
     /// A deadline in seconds: `0` for the default (nil), else a finite number of seconds in (0, a day].
