@@ -127,13 +127,16 @@ public final class ConnectionServer<Output: Sendable>: Service, Sendable {
             self.outputs = outputs
             self.outputsContinuation = continuation
             self.registry = ConnectionRegistry(logger: logger, namesListeners: configuration.namesListeners) { channel in
-                initializer(channel).map { output in _ = continuation.yield(output) }
+                initializer(channel).flatMapThrowing { output in
+                    try ConnectionDrain.install(on: channel)
+                    _ = continuation.yield(output)
+                }
             }
         } else {
             self.outputs = nil
             self.outputsContinuation = nil
             self.registry = ConnectionRegistry(logger: logger, namesListeners: configuration.namesListeners) { channel in
-                initializer(channel).map { _ in }
+                initializer(channel).flatMapThrowing { _ in try ConnectionDrain.install(on: channel) }
             }
         }
     }

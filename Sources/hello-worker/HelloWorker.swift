@@ -17,19 +17,18 @@ import NIOPosix
 import ServiceLifecycle
 import SocketShareNIO
 
-/// Answers each request. Once the server drains (`ChannelShouldQuiesceEvent`), each answer says
-/// `Connection: close` and closes: a client that sends on a keep-alive connection always gets its
-/// answer, where closing an idle connection would race with a request already on its way.
+/// Answers each request. It needs no drain logic of its own: while the server drains, the
+/// connection server answers each keep-alive connection's next request with `Connection: close`
+/// and closes it after (SocketShareNIO's `ConnectionServer`).
 final class HelloHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     static let body = "hello from \(getpid())\n"
-    private var quiescing = false
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .head(let request) = Self.unwrapInboundIn(data) else { return }
-        let keepAlive = request.isKeepAlive && !quiescing
+        let keepAlive = request.isKeepAlive
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "text/plain")
         headers.add(name: "Content-Length", value: "\(Self.body.utf8.count)")
@@ -41,14 +40,6 @@ final class HelloHandler: ChannelInboundHandler {
         if !keepAlive {
             let channel = context.channel
             written.whenComplete { _ in channel.close(promise: nil) }
-        }
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ChannelShouldQuiesceEvent {
-            quiescing = true
-        } else {
-            context.fireUserInboundEventTriggered(event)
         }
     }
 
@@ -76,7 +67,6 @@ enum HelloWorker {
             source: source, group: group, configuration: .init(drainTimeout: .seconds(60)), logger: logger
         ) { channel in
             channel.eventLoop.makeCompletedFuture {
-                // The pipelining handler would close idle connections on quiescing; HelloHandler drains instead.
                 try channel.pipeline.syncOperations.configureHTTPServerPipeline(withPipeliningAssistance: false)
                 try channel.pipeline.syncOperations.addHandler(HelloHandler())
             }
