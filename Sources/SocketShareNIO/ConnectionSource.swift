@@ -42,8 +42,12 @@ public struct ConnectionSource: Sendable, CustomStringConvertible {
     ///   when this user may not reach it, or when the socket fails those checks. A serve that refuses this process's uid or gid closes the
     ///   connection at once; the server then ends as if serve had stopped.
     public static func handoff(connectingTo path: String) throws(SocketShareError) -> ConnectionSource {
+        try handoff(connectingTo: path, trust: .directoryOwner)
+    }
+
+    private static func handoff(connectingTo path: String, trust: Rendezvous.Trust) throws(SocketShareError) -> ConnectionSource {
         let channel = try Rendezvous.connect(
-            to: path, trust: .directoryOwner, for: "connect to serve", absent: "no sockshare serve answers at \(path) (is it running with --worker-socket?)")
+            to: path, trust: trust, for: "connect to serve", absent: "no sockshare serve answers at \(path) (is it running with --worker-socket?)")
         return .handoff(channel: channel.socket)
     }
 
@@ -101,7 +105,9 @@ public struct ConnectionSource: Sendable, CustomStringConvertible {
         }
         if let path = RuntimeDirectory.environment(workerSocketVariable), !path.isEmpty {
             unsetenv(workerSocketVariable)
-            return try .handoff(connectingTo: path)
+            // Root's environment may have been set by another user (`sudo -E`): root trusts a path
+            // from it only in a directory of its own.
+            return try .handoff(connectingTo: path, trust: geteuid() == 0 ? .ownUserOrRoot : .directoryOwner)
         }
         let inherited = try SystemdListeners.inherited()
         if !inherited.isEmpty {

@@ -74,6 +74,7 @@ extension SocketShareTests {
             return String(decoding: bytes, as: UTF8.self)
         }
 
+        /// (The Swift blocks are checked by `DocumentationTests`.)
         @Test(arguments: [
             ("PROTOCOL.md", "examples/any-language/claim.py"), ("PROTOCOL.md", "examples/any-language/deposit.py"),
             ("WORKERS.md", "Tests/Scripts/worker.py"),

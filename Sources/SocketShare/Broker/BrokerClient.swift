@@ -19,12 +19,16 @@ public struct BrokerClient: Sendable {
     ///
     /// Before each request the client checks who serves the path (`docs/SECURITY.md`): the socket's
     /// directory must not be writable by others, and the broker (`SO_PEERCRED`) must be the
-    /// directory's owner or root; for the default path in the runtime directory, that owner must
-    /// also be this user or root. A path that fails is refused with the reason, never replaced.
+    /// directory's owner or root; for the default path in the runtime directory (and, for root,
+    /// `$SOCKSHARE_BROKER`), that owner must also be this user or root. A path that fails is refused
+    /// with the reason, never replaced.
     public init(socketPath: String? = nil, timeout: Duration = .seconds(10)) {
-        let named = socketPath ?? RuntimeDirectory.environment("SOCKSHARE_BROKER").flatMap { $0.isEmpty ? nil : $0 }
-        self.socketPath = named ?? RuntimeDirectory.standardPath + "/broker.sock"
-        self.trust = named == nil ? .ownUserOrRoot : .directoryOwner
+        let environment = RuntimeDirectory.environment("SOCKSHARE_BROKER").flatMap { $0.isEmpty ? nil : $0 }
+        self.socketPath = socketPath ?? environment ?? RuntimeDirectory.standardPath + "/broker.sock"
+        // A path given here was named; one from the environment too, except for root, whose
+        // environment another user may have set (`sudo -E`): root trusts it as its own runtime
+        // directory's, and names another user's broker explicitly.
+        self.trust = socketPath != nil || (environment != nil && geteuid() != 0) ? .directoryOwner : .ownUserOrRoot
         self.timeout = timeout
     }
 
@@ -84,10 +88,8 @@ public struct BrokerClient: Sendable {
         if let problem = ShareName.problem(name) {
             throw SocketShareError(.invalidArgument, operation: "deposit", detail: "name \(name): \(problem)")
         }
-        if let cgroup = policy.cgroup, !cgroup.hasPrefix("/") || cgroup.utf8.count > ClaimPolicy.maximumCgroupLength {
-            throw SocketShareError(
-                .invalidArgument, operation: "deposit",
-                detail: "cgroup \(cgroup): expected an absolute cgroup v2 path of at most \(ClaimPolicy.maximumCgroupLength) bytes")
+        if let cgroup = policy.cgroup, let problem = ClaimPolicy.problem(cgroup: cgroup) {
+            throw SocketShareError(.invalidArgument, operation: "deposit", detail: "cgroup \(problem)")
         }
         var milliseconds: Int64 = 0
         if let timeToLive {

@@ -47,13 +47,35 @@ extension EscrowHolder {
     /// and closed at once.
     func acceptConnections() {
         for _ in 0..<64 {
-            guard let accepted = try? listener.accept() else { return }
+            let next: SocketDescriptor?
+            do throws(SocketShareError) {
+                next = try listener.accept()
+            } catch where error.code == .limitReached {
+                // EMFILE/ENFILE: the listener stays readable, so watching it now would spin.
+                // Clients wait in the backlog; look again in a moment.
+                if let listenerWatch {
+                    reactor.setReadable(listenerWatch, false)
+                    reactor.schedule(at: .now + .milliseconds(100)) { [self] in
+                        // Unless a takeover has stopped accepting meanwhile (then there is no watch).
+                        if let watch = self.listenerWatch { reactor.setReadable(watch, true) }
+                    }
+                }
+                logger.warning("out of descriptors: accepting again in 100 ms", metadata: ["error": "\(error)"])
+                return
+            } catch {
+                return
+            }
+            guard let accepted = next else { return }
             guard let peer = try? PeerProcess(of: accepted.rawValue) else {
                 try? accepted.close()
                 continue
             }
             if let refusal = quota.admit(peer.uid) {
-                logger.warning("connection refused", metadata: ["pid": "\(peer.pid)", "uid": "\(peer.uid)", "why": "\(refusal)"])
+                if let skipped = refusalLog.admit(peer.uid, at: .now) {
+                    logger.warning("connection refused", metadata: [
+                        "pid": "\(peer.pid)", "uid": "\(peer.uid)", "why": "\(refusal)", "refusedSinceLastLine": "\(skipped)",
+                    ])
+                }
                 metrics.refused(.limitReached)
                 DescriptorChannel(accepted).turnAway(EscrowMessage.failure(.limitReached, refusal).bytes)
                 continue

@@ -80,6 +80,8 @@ package final class EscrowHolder: @unchecked Sendable {
     var connections: [UInt64: Connection] = [:]
     /// The slots the connections take (``Configuration/connections``).
     var quota: ConnectionQuota
+    /// When a refused connection is worth a log line.
+    var refusalLog = LogThrottle<uid_t>()
     var nextConnectionID: UInt64 = 1
     var listenerWatch: Reactor.Watch?
     var expiryTimer: Reactor.Timer?

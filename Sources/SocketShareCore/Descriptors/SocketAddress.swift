@@ -32,13 +32,15 @@ public enum SocketAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// `127.0.0.1:8080`, `[::1]:8080`, `unix:/path`, `unix:@name`, `unix:(unnamed)`.
+    /// `127.0.0.1:8080`, `[::1]:8080`, `unix:/path`, `unix:@name`, `unix:(unnamed)`. Control
+    /// characters in a Unix name (anyone may bind one with a newline in it) are escaped, `\u{A}`, so
+    /// that a logged address is one line.
     public var description: String {
         switch self {
         case .ipv4(let host, let port): "\(host):\(port)"
         case .ipv6(let host, let port, let scope): scope == 0 ? "[\(host)]:\(port)" : "[\(host)%\(scope)]:\(port)"
-        case .unix(let path): "unix:\(path)"
-        case .unixAbstract(let name): "unix:@\(String(decoding: name, as: UTF8.self))"
+        case .unix(let path): "unix:\(path.escapingControlCharacters)"
+        case .unixAbstract(let name): "unix:@\(String(decoding: name, as: UTF8.self).escapingControlCharacters)"
         case .unixUnnamed: "unix:(unnamed)"
         }
     }

@@ -102,4 +102,17 @@ extension Kernel {
         guard !name.isEmpty, name != ".", name != ".." else { return nil }
         return (slash == path.startIndex ? "/" : String(path[..<slash]), name)
     }
+
+    /// Lifts the soft descriptor limit (`RLIMIT_NOFILE`) to the hard one, for a server whose every
+    /// connection and held socket is a descriptor; returns the soft limit now.
+    package static func raiseDescriptorLimit() -> Int {
+        var limit = rlimit()
+        guard getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1024 }
+        if limit.rlim_cur < limit.rlim_max {
+            var raised = limit
+            raised.rlim_cur = limit.rlim_max
+            if setrlimit(CInt(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+        }
+        return Int(clamping: limit.rlim_cur)
+    }
 }

@@ -92,3 +92,20 @@ extension String {
         return String(scalars[first...last])
     }
 }
+
+extension String {
+    /// The string with every control character (below U+0020, and U+007F) written as `\u{XX}`:
+    /// text from a peer that goes into a log stays on one line.
+    package var escapingControlCharacters: String {
+        guard unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else { return self }
+        var result = ""
+        for scalar in unicodeScalars {
+            if scalar.value < 0x20 || scalar.value == 0x7F {
+                result += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}"
+            } else {
+                result.unicodeScalars.append(scalar)
+            }
+        }
+        return result
+    }
+}

@@ -56,6 +56,16 @@ package struct RuntimeDirectory: Sendable, Hashable, CustomStringConvertible {
             throw SocketShareError(
                 .permissionDenied, operation: "runtime directory",
                 detail: "\(path) is not a directory (a symbolic link or a file is refused)")
+        } catch where error.errno?.rawValue == EACCES {
+            // Someone else's directory, closed to us: say whose, as for one we can open.
+            var info = stat()
+            if fstatat(parent, name, &info, AT_SYMLINK_NOFOLLOW) == 0, info.st_uid != geteuid() {
+                throw SocketShareError(
+                    .permissionDenied, operation: "runtime directory",
+                    detail: "\(path) is owned by uid \(info.st_uid), not by us (uid \(geteuid())); refusing to use it "
+                        + "(someone else made it: remove it, or point SOCKSHARE_RUNTIME_DIR at a directory of your own)")
+            }
+            throw error
         }
         defer { try? Kernel.close(fd) }
         if created {

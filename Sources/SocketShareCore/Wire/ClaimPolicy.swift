@@ -37,6 +37,18 @@ public struct ClaimPolicy: Hashable, Sendable, CustomStringConvertible {
     /// The longest cgroup path a policy may hold, in UTF-8 bytes.
     public static let maximumCgroupLength = 255
 
+    /// What is wrong with `cgroup` as a policy's cgroup path, or nil: it must be absolute, at most
+    /// ``maximumCgroupLength`` bytes, without control characters (it goes into the broker's log).
+    package static func problem(cgroup: String) -> String? {
+        guard cgroup.hasPrefix("/"), cgroup.utf8.count <= maximumCgroupLength else {
+            return "\(cgroup.escapingControlCharacters): expected an absolute cgroup v2 path of at most \(maximumCgroupLength) bytes"
+        }
+        guard !cgroup.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
+            return "\(cgroup.escapingControlCharacters): a cgroup path has no control characters"
+        }
+        return nil
+    }
+
     /// Why a claimant with these ids is refused, or nil when it is admitted. `cgroup` is asked
     /// only when the policy names one; it returns nil when the claimant's cgroup cannot be read.
     package func refusal(uid claimantUID: uid_t, gid claimantGID: gid_t, cgroup claimantCgroup: () -> String?) -> String? {
@@ -69,7 +81,7 @@ public struct ClaimPolicy: Hashable, Sendable, CustomStringConvertible {
         let uid: uid_t = try reader.read(field: "policyUid")
         let gid: gid_t = try reader.read(field: "policyGid")
         let cgroup = try reader.readShortText(field: "policyCgroup")
-        if flags & 4 != 0, !cgroup.hasPrefix("/") { throw reader.invalid("policyCgroup", "\(cgroup) is not an absolute cgroup path") }
+        if flags & 4 != 0, let problem = Self.problem(cgroup: cgroup) { throw reader.invalid("policyCgroup", problem) }
         self.init(uid: flags & 1 != 0 ? uid : nil, gid: flags & 2 != 0 ? gid : nil, cgroup: flags & 4 != 0 ? cgroup : nil)
     }
 }

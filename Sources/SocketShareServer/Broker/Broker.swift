@@ -184,7 +184,7 @@ public final class Broker: Service, @unchecked Sendable {
             throw SocketShareError(.invalidArgument, operation: "start broker", detail: "socket path \(path): not an absolute path")
         }
         _ = try RuntimeDirectory(preparing: directory, group: configuration.group)
-        let capacity = Capacity(descriptorLimit: raiseDescriptorLimit(logger: logger), configuration: configuration)
+        let capacity = Capacity(descriptorLimit: Kernel.raiseDescriptorLimit(), configuration: configuration)
         if capacity.maximumShares < configuration.maximumShares {
             logger.notice("the descriptor limit allows \(capacity.maximumShares) shares; holding at most that many", metadata: [
                 "descriptorLimit": "\(capacity.descriptorLimit)", "asked": "\(configuration.maximumShares)",
@@ -201,21 +201,5 @@ public final class Broker: Service, @unchecked Sendable {
     private static func openToGroup(_ configuration: Configuration) throws(SocketShareError) {
         guard let group = configuration.group else { return }
         try Kernel.setSocketFile(configuration.socketPath, user: geteuid(), group: group, mode: 0o660)
-    }
-
-    /// Every held share and every connection is a descriptor: lifts the soft limit to the hard one
-    /// and returns the limit now.
-    private static func raiseDescriptorLimit(logger: Logger) -> Int {
-        var limit = rlimit()
-        guard getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1024 }
-        if limit.rlim_cur < limit.rlim_max {
-            var raised = limit
-            raised.rlim_cur = limit.rlim_max
-            if setrlimit(CInt(RLIMIT_NOFILE.rawValue), &raised) == 0 {
-                limit = raised
-                logger.debug("raised the descriptor limit", metadata: ["limit": "\(limit.rlim_cur)"])
-            }
-        }
-        return Int(clamping: limit.rlim_cur)
     }
 }

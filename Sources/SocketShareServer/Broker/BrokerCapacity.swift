@@ -10,7 +10,7 @@ extension Broker {
     /// - A reserve of descriptors stays free for the broker itself and for one message's
     ///   descriptors in flight (a client may send up to 253).
     /// - Connections take at most a quarter of the rest (at most 2,048); one uid other than root and
-    ///   the broker's own at most an eighth of those (at most 64), unless configured.
+    ///   the broker's own at most an eighth of those (at least 8, at most 64), unless configured.
     /// - Shares take what is left, at most as many as configured; one untrusted uid a quarter of
     ///   them unless configured, and untrusted uids together leave a sixteenth for root and the
     ///   broker's own user.
@@ -35,7 +35,7 @@ extension Broker {
             self.descriptorLimit = descriptorLimit
             let usable = max(16, descriptorLimit - Self.reservedDescriptors)
             let connectionCount = max(4, min(2048, usable / 4 / 2))
-            let perUser = configuration.maximumConnectionsPerUser ?? max(1, min(64, connectionCount / 8))
+            let perUser = configuration.maximumConnectionsPerUser ?? max(8, min(64, connectionCount / 8))
             connections = ConnectionQuota(
                 total: connectionCount, perUser: perUser, reserved: max(2, connectionCount / 16), trusted: [0, brokerUID])
             maximumShares = max(1, min(configuration.maximumShares, usable - 2 * connectionCount))

@@ -54,6 +54,8 @@ extension Dispatcher {
         /// Called once nothing is waiting and every connection sent is acknowledged.
         private var onSettled: [@Sendable () -> Void] = []
         private var listenerWatches: [Reactor.Watch] = []
+        /// Set while the listeners rest after `accept` ran out of descriptors.
+        private var outOfDescriptors: Reactor.Timer?
         /// Whether the listeners are watched for readability (there is room for their connections).
         private var listening = false
         /// Local addresses of listeners bound to a specific address (accepted sockets share them).
@@ -214,7 +216,7 @@ extension Dispatcher {
 
         /// Watches the listeners only while some worker has room (or a stop takes the backlog).
         private func updateListening() {
-            let wanted = stopDeadline == nil && !paused && !frozen && pool.hasRoom()
+            let wanted = stopDeadline == nil && !paused && !frozen && outOfDescriptors == nil && pool.hasRoom()
             guard wanted != listening else { return }
             listening = wanted
             for watch in listenerWatches { reactor.setReadable(watch, wanted) }
@@ -226,7 +228,18 @@ extension Dispatcher {
             var room = pool.room()
             var taken = 0
             while taken < limit, stopDeadline != nil || room > 0 {
-                guard let (fd, peer) = (try? Kernel.acceptWithPeer(listeners[index].socket.rawValue)) ?? nil else { break }
+                let accepted: (CInt, SocketAddress?)?
+                do throws(SocketShareError) {
+                    accepted = try Kernel.acceptWithPeer(listeners[index].socket.rawValue)
+                } catch where error.code == .limitReached {
+                    // EMFILE/ENFILE: the listener stays readable, so watching it now would spin.
+                    // Connections wait in the backlog; look again in a moment.
+                    pauseForDescriptors(error)
+                    break
+                } catch {
+                    break
+                }
+                guard let (fd, peer) = accepted else { break }
                 let local = localAddresses[index] ?? ((try? Kernel.localAddress(fd)).map { "\($0)" } ?? "")
                 pool.enqueue(Pending(socket: SocketDescriptor(taking: fd), listener: index, peer: peer?.text ?? "", local: local))
                 taken += 1
@@ -238,6 +251,20 @@ extension Dispatcher {
             }
             updateListening()
         }
+
+        /// Out of descriptors: stops watching the listeners for ``descriptorPause``, then tries again.
+        private func pauseForDescriptors(_ error: SocketShareError) {
+            guard outOfDescriptors == nil else { return }
+            outOfDescriptors = reactor.schedule(at: .now + Self.descriptorPause) { [unowned self] in
+                outOfDescriptors = nil
+                updateListening()
+            }
+            logger.warning("out of descriptors: accepting again in \(Self.descriptorPause)", metadata: ["error": "\(error)"])
+            updateListening()
+        }
+
+        /// How long the listeners rest after `accept` ran out of descriptors.
+        static let descriptorPause: Duration = .milliseconds(100)
 
         /// Sends waiting connections to workers with room, batched per worker.
         private func dispatchWaiting() {
@@ -310,6 +337,12 @@ extension Dispatcher {
                 switch decoded {
                 case .accepted(let ids, let active):
                     for pending in pool.acknowledge(ids, by: worker.pid, active: Int(active)) { try? pending.socket.close() }
+                case .refused(let ids) where pool.isOnProbation(worker.pid):
+                    // A worker on probation that refuses may have read the requests first: it fails
+                    // its probation, as a stalled one does, and what it was sent goes to proven workers.
+                    _ = pool.refuse(ids, by: worker.pid)
+                    failProbation(worker, reason: "refused the connection it was sent on probation")
+                    return true
                 case .refused(let ids):
                     let refused = pool.refuse(ids, by: worker.pid)
                     if refused > 0 {
@@ -371,6 +404,16 @@ extension Dispatcher {
             reportSettled()
         }
 
+        /// Drops an external worker that stalled, or failed its probation: it is told that what it
+        /// has not acknowledged is taken back (so that, should it wake, it serves none of it), its
+        /// channel is closed, those connections go to proven workers, and its uid's next probe waits.
+        private func failProbation(_ worker: Worker, reason: String) {
+            pool.failProbation(worker.pid, at: .now, base: configuration.stallTimeout)
+            _ = try? worker.channel.send(WorkerMessage.takenBack.bytes, deadline: .now)
+            ring(worker)
+            remove(worker, reason: reason)
+        }
+
         /// Checks the worker at its oldest connection's stall deadline; a worker that left one
         /// unacknowledged that long is reported and takes no more.
         private func scheduleStallCheck(_ worker: Worker) {
@@ -395,11 +438,7 @@ extension Dispatcher {
                     "pid": "\(worker.pid)", "waiting": "\(pool.member(worker.pid)?.unacknowledged.count ?? 0)",
                 ])
                 if worker.generation == WorkerPool<Pending>.externalGeneration {
-                    // Not ours to kill: tell it that what it has not acknowledged is taken back (so that,
-                    // should it wake, it serves none of it), drop its channel, and send those to others.
-                    _ = try? worker.channel.send(WorkerMessage.takenBack.bytes, deadline: .now)
-                    ring(worker)
-                    remove(worker, reason: "stalled and was disconnected")
+                    failProbation(worker, reason: "stalled and was disconnected")
                     return
                 }
                 configuration.onStall?(worker.pid)

@@ -87,6 +87,9 @@ package struct WorkerPool<Connection> {
     /// The waiting connections a worker left unacknowledged (it died, stalled or refused them):
     /// they go to proven workers only, so that a client waits for at most one stalled worker.
     private var orphans: Set<UInt64> = []
+    /// Probation groups whose last probe failed (the worker stalled, or refused what it was sent):
+    /// no new probe before `until`; each failure in a row doubles the wait, up to 16 times.
+    private var cooldowns: [UInt32: (until: ContinuousClock.Instant, length: Duration)] = [:]
     package private(set) var accepted = 0
     package private(set) var redispatched = 0
     private var nextID: UInt64 = 1
@@ -163,6 +166,22 @@ package struct WorkerPool<Connection> {
         members[index].isStalled = true
     }
 
+    /// `pid`, on probation, failed it (it stalled, or refused the connection it was sent): its
+    /// group gets no new probe for `base` — twice as long after each failure in a row, at most 16
+    /// times. Returns false when `pid` was not on probation.
+    @discardableResult
+    package mutating func failProbation(_ pid: pid_t, at now: ContinuousClock.Instant, base: Duration) -> Bool {
+        guard let member = member(pid), !member.isProven, let group = member.probationGroup else { return false }
+        let length = cooldowns[group].map { min($0.length * 2, base * 16) } ?? base
+        cooldowns[group] = (now + length, length)
+        return true
+    }
+
+    /// Whether `pid` is on probation: an external worker that has acknowledged nothing yet.
+    package func isOnProbation(_ pid: pid_t) -> Bool {
+        member(pid).map { !$0.isProven } ?? false
+    }
+
     /// `pid` says it is ready; an external worker takes connections from now on.
     package mutating func ready(_ pid: pid_t) {
         guard let index = position(of: pid) else { return }
@@ -233,7 +252,10 @@ package struct WorkerPool<Connection> {
     private mutating func choose(extra: [Int], at now: ContinuousClock.Instant, provenOnly: Bool, probing: Set<UInt32>) -> Int? {
         func candidate(_ index: Int) -> Bool {
             let member = members[index]
-            if !member.isProven, provenOnly || member.probationGroup.map(probing.contains) == true { return false }
+            if !member.isProven, let group = member.probationGroup {
+                if provenOnly || probing.contains(group) { return false }
+                if let cooldown = cooldowns[group], now < cooldown.until { return false }
+            }
             return mayTake(member, extra: extra[index], at: now)
         }
         switch policy {
@@ -282,6 +304,7 @@ package struct WorkerPool<Connection> {
             if let connection = members[index].unacknowledged.removeValue(forKey: id) {
                 done.append(connection)
                 members[index].handled += 1
+                if !members[index].isProven, let group = members[index].probationGroup { cooldowns[group] = nil }
                 members[index].isProven = true
             }
         }

@@ -107,20 +107,17 @@ extension Supervisor {
                 continue
             }
             let uid = external.uid ?? geteuid()
-            guard peer.uid == uid, external.gid.map({ peer.gid == $0 }) ?? true else {
-                logger.warning("refused an external worker", metadata: [
-                    "pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)",
-                    "admits": "uid \(uid)\(external.gid.map { " gid \($0)" } ?? "")",
-                ])
-                externalRefusals += 1
-                try? accepted.close()
-                continue
-            }
             let connected = externalWorkers.values.filter { $0.uid == peer.uid }.count
-            guard connected < external.maximumPerUser else {
-                logger.warning("refused an external worker: its uid has the most connected already", metadata: [
-                    "pid": "\(peer.pid)", "uid": "\(peer.uid)", "limit": "\(external.maximumPerUser)",
-                ])
+            let refusal = !(peer.uid == uid && external.gid.map({ peer.gid == $0 }) ?? true)
+                ? "admits uid \(uid)\(external.gid.map { " gid \($0)" } ?? "") only"
+                : connected >= external.maximumPerUser ? "its uid has \(external.maximumPerUser) workers connected, the most" : nil
+            if let refusal {
+                if let skipped = externalRefusalLog.admit(peer.uid, at: .now) {
+                    logger.warning("refused an external worker", metadata: [
+                        "pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)", "why": "\(refusal)",
+                        "refusedSinceLastLine": "\(skipped)",
+                    ])
+                }
                 externalRefusals += 1
                 try? accepted.close()
                 continue

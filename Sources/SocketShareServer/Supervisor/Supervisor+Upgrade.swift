@@ -163,8 +163,7 @@ extension Supervisor {
     /// without removing socket paths (the successor serves on them).
     private func finishHandover() {
         dispatcher?.detach()
-        for connection in controlConnections.values { try? connection.channel.close() }
-        controlConnections.removeAll()
+        closeControlConnections()
         if let timer { reactor.cancel(timer) }
         for listener in listeners { try? listener.socket.close() }
         try? control.close()

@@ -47,9 +47,9 @@ extension Supervisor {
                 if let watch = processes[pid]?.watch { reactor.unwatch(watch) }
                 processes[pid]?.watch = nil
             }
-            for key in controlConnections.keys {
-                if let watch = controlConnections[key]?.watch { reactor.unwatch(watch) }
-                controlConnections[key]?.watch = nil
+            for connection in controlConnections.values {
+                if let watch = connection.watch { reactor.unwatch(watch) }
+                connection.watch = nil
             }
         }
     }
@@ -226,11 +226,7 @@ extension Supervisor {
     func finishDrain() {
         guard !finished.isSignalled else { return }
         if let dispatcher { dispatcher.finish() }
-        for connection in controlConnections.values {
-            if let watch = connection.watch { reactor.unwatch(watch) }
-            try? connection.channel.close()
-        }
-        controlConnections.removeAll()
+        closeControlConnections()
         watchSharedSockets(false)
         for listener in listeners { try? listener.socket.close() }
         for path in ownedPaths { Kernel.unlink(path) }

@@ -141,7 +141,9 @@ public final class Supervisor: Service, @unchecked Sendable {
     package var processes: [pid_t: WorkerProcess] = [:]
     package var controlWatch: Reactor.Watch?
     package var notifyWatch: Reactor.Watch?
-    package var controlConnections: [ObjectIdentifier: (channel: DescriptorChannel, watch: Reactor.Watch?, privilege: ControlAccess.Privilege)] = [:]
+    package var controlConnections: [ObjectIdentifier: ControlConnection] = [:]
+    /// When a refused control client is worth a log line.
+    package var controlRefusals = LogThrottle<uid_t>()
     package var timer: Reactor.Timer?
     package var lastReload: ServeStatus.ReloadOutcome?
     /// Who asked for the reload, or the upgrade, under way: they are answered when it ends.
@@ -160,6 +162,8 @@ public final class Supervisor: Service, @unchecked Sendable {
     package var externalWorkers: [pid_t: ExternalWorker] = [:]
     package var nextExternalID: pid_t = -1
     package var externalRefusals = 0
+    /// When a refused external worker is worth a log line.
+    package var externalRefusalLog = LogThrottle<uid_t>()
 
     /// A worker process, as the supervisor's I/O holds it.
     package struct WorkerProcess {
@@ -205,6 +209,8 @@ public final class Supervisor: Service, @unchecked Sendable {
                     .invalidArgument, operation: "serve", detail: "command \(program): no such executable (is it on PATH?)")
             }
         }
+        // Every listener, channel and connection in flight is a descriptor.
+        _ = Kernel.raiseDescriptorLimit()
         let serviceManager = SystemdNotifier.fromEnvironment()
         unsetenv("NOTIFY_SOCKET")
         var listeners: [Dispatcher.Listener] = []
