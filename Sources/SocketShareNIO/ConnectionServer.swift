@@ -21,7 +21,7 @@ import SocketShareCore
 /// ) { channel in
 ///     channel.eventLoop.makeCompletedFuture {
 ///         try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-///         try channel.pipeline.syncOperations.addHandler(MyHandler())
+///         try channel.pipeline.syncOperations.addHandler(Greeter())
 ///     }
 /// }
 /// let group = ServiceGroup(configuration: .init(
@@ -151,7 +151,7 @@ public final class ConnectionServer<Output: Sendable>: Service, Sendable {
     /// Serves until graceful shutdown, cancellation, or the dispatcher's `stop`; then drains (see
     /// the type's documentation) and returns.
     ///
-    /// - Throws: ``SocketShareError`` or SwiftNIO's errors when the source cannot be set up (a
+    /// - Throws: `SocketShareError` or SwiftNIO's errors when the source cannot be set up (a
     ///   `bind` that fails, a handoff channel that is not one); `invalidArgument` when called twice.
     public func run() async throws {
         let first = state.withLockedValue { state -> Bool in
@@ -171,9 +171,14 @@ public final class ConnectionServer<Output: Sendable>: Service, Sendable {
 
         let intake = try await startIntake()
         state.withLockedValue { $0.intake = intake }
-        logger.info("serving connections", metadata: [
-            "source": "\(source)", "addresses": "\(localAddresses.map { "\($0)" }.joined(separator: " "))",
-        ])
+        if case .handoff = source.kind {
+            // serve owns the listeners; this process is handed connections, and has no address.
+            logger.info("serving connections", metadata: ["source": "\(source)"])
+        } else {
+            logger.info("serving connections", metadata: [
+                "source": "\(source)", "addresses": "\(localAddresses.map { "\($0)" }.joined(separator: " "))",
+            ])
+        }
         await configuration.onServing?(localAddresses)
 
         // Both streams end when the registry finishes: nothing left open, and nothing more coming.
@@ -233,10 +238,11 @@ public final class ConnectionServer<Output: Sendable>: Service, Sendable {
         case .handoff(let channel):
             return try await HandoffIntake.start(channel: channel, registration: registration, announce: announce, logger: logger)
         case .listeners(let listeners, let shared):
-            try Self.checkListening(listeners)
+            let addresses = try Self.checkListening(listeners)
             let intake: any ConnectionIntake
             if shared && AcceptThread.assertionsEnabled {
                 intake = try AcceptThread.start(listeners: listeners, registration: registration, logger: logger)
+                state.withLockedValue { $0.addresses = addresses.compactMap(Self.nioAddress) }
             } else {
                 let listening = try await ListenerIntake.start(listeners: listeners, group: group, registry: registry)
                 state.withLockedValue { $0.addresses = listening.localAddresses }
@@ -259,7 +265,11 @@ public final class ConnectionServer<Output: Sendable>: Service, Sendable {
 
     /// Checks that every socket given as a listener listens for stream connections (a socket of
     /// `LISTEN_FDS` may be anything its sender chose); the error names the first that does not.
-    private static func checkListening(_ listeners: [(name: String, socket: SocketDescriptor)]) throws(SocketShareError) {
+    /// Returns their local addresses.
+    private static func checkListening(
+        _ listeners: [(name: String, socket: SocketDescriptor)]
+    ) throws(SocketShareError) -> [SocketShareCore.SocketAddress] {
+        var addresses: [SocketShareCore.SocketAddress] = []
         for (index, listener) in listeners.enumerated() {
             let description: SocketDescription
             do throws(SocketShareError) {
@@ -275,6 +285,17 @@ public final class ConnectionServer<Output: Sendable>: Service, Sendable {
                     detail: "listener \(index) (\(listener.name), descriptor \(listener.socket.rawValue)) is \(description), "
                         + "not a listening stream socket: this server accepts connections")
             }
+            addresses.append(description.localAddress)
+        }
+        return addresses
+    }
+
+    /// The same address as SwiftNIO spells it (nil for a Unix socket with no path).
+    private static func nioAddress(_ address: SocketShareCore.SocketAddress) -> NIOCore.SocketAddress? {
+        switch address {
+        case .ipv4(let host, let port), .ipv6(let host, let port, _): try? NIOCore.SocketAddress(ipAddress: host, port: Int(port))
+        case .unix(let path): try? NIOCore.SocketAddress(unixDomainSocketPath: path)
+        case .unixAbstract, .unixUnnamed: nil
         }
     }
 

@@ -38,7 +38,7 @@ public struct ConnectionSource: Sendable, CustomStringConvertible {
     /// The worker socket is checked before the worker trusts it (`docs/SECURITY.md`): its directory
     /// must not be writable by others, and serve (`SO_PEERCRED`) must be the directory's owner or root.
     ///
-    /// - Throws: ``SocketShareError``: `holderGone` when nothing serves at `path`; `permissionDenied`
+    /// - Throws: `SocketShareError`: `holderGone` when nothing serves at `path`; `permissionDenied`
     ///   when this user may not reach it, or when the socket fails those checks. A serve that refuses this process's uid or gid closes the
     ///   connection at once; the server then ends as if serve had stopped.
     public static func handoff(connectingTo path: String) throws(SocketShareError) -> ConnectionSource {
@@ -96,7 +96,7 @@ public struct ConnectionSource: Sendable, CustomStringConvertible {
     /// The variables are removed from the environment, and the descriptors made close-on-exec, so
     /// that programs this process starts do not take them for their own.
     ///
-    /// - Throws: ``SocketShareError`` (`invalidArgument`) when a variable names no open descriptor
+    /// - Throws: `SocketShareError` (`invalidArgument`) when a variable names no open descriptor
     ///   of the right kind.
     public static func fromEnvironment() throws(SocketShareError) -> ConnectionSource? {
         if let channel = try WorkerChannel.fromEnvironment() {

@@ -44,6 +44,58 @@ extension SocketShareTests {
             #expect(!serve.log.contains("killed by signal"))
         }
 
+        /// Reloads under keep-alive load, as wrk loads a server (8 connections, each sending its next
+        /// request as soon as the answer is in): apps with no drain logic of their own — the docs'
+        /// sample, Hummingbird and Vapor through their own pipelines — fail no request. An idle
+        /// keep-alive connection is answered once more, with `Connection: close`, rather than closed
+        /// under a client that is sending.
+        static func reloadUnderKeepAliveLoad(_ app: String, mode: String, reloads: Int = 3) throws {
+            let serve = try ServeProcess(
+                ["--listen", "tcp://127.0.0.1:0", "--mode", mode, "--drain-timeout", "10"], command: [app], workers: 2)
+            let started = ContinuousClock.now
+            let load = try KeepAliveLoad(address: try serve.address(), connections: 8)
+            #expect(eventually(timeout: .seconds(10)) { load.result.answered > 200 }, "\(load.result)")
+            for _ in 0..<reloads {
+                let before = load.result.answered
+                #expect(try Self.reload(serve).status == .exited(0))
+                #expect(eventually(timeout: .seconds(10)) { load.result.answered > before + 200 }, "\(load.result)")
+            }
+            #expect(eventually(timeout: .seconds(20)) {
+                (try? serve.status().workers.allSatisfy { $0.generation == reloads + 1 }) == true
+            }, "every old worker drained and exited")
+            let result = load.stop()
+            print("keep-alive reloads, \(app.split(separator: "/").last ?? ""), \(mode): \(reloads) reloads in \(ContinuousClock.now - started), \(result)")
+            #expect(result.failed == 0 && result.timedOut == 0 && result.refused == 0, "\(result)")
+            #expect(result.closedCleanly >= 8, "each connection was told to close in an answer: \(result)")
+            #expect(!serve.log.contains("drain deadline"), "no connection waited for the drain deadline")
+            #expect(try serve.stop() == .exited(0))
+        }
+
+        @Test(arguments: ["handoff", "shared"])
+        func keepAliveReloadsOfHelloWorkerFailNothing(_ mode: String) throws {
+            try Self.reloadUnderKeepAliveLoad(Self.helloWorker, mode: mode)
+        }
+
+        /// The worker of docs/WORKERS.md, as the dependent package builds it
+        /// (`swift build --package-path examples/dependent-package`).
+        static let docsWorker = Paths.sourceRoot + "/examples/dependent-package/.build/debug/worker"
+
+        @Test(.enabled(if: access(docsWorker, X_OK) == 0, "examples/dependent-package is not built"), arguments: ["handoff", "shared"])
+        func keepAliveReloadsOfTheDocsWorkerFailNothing(_ mode: String) throws {
+            try Self.reloadUnderKeepAliveLoad(Self.docsWorker, mode: mode)
+        }
+
+        @Test(.enabled(if: access(CookbookTests.hummingbirdApp, X_OK) == 0, "examples/hummingbird-app is not built"),
+              arguments: ["handoff", "shared"])
+        func keepAliveReloadsOfTheHummingbirdAppFailNothing(_ mode: String) throws {
+            try Self.reloadUnderKeepAliveLoad(CookbookTests.hummingbirdApp, mode: mode)
+        }
+
+        @Test(.enabled(if: access(CookbookTests.vaporApp, X_OK) == 0, "examples/vapor-app is not built"), arguments: ["handoff", "shared"])
+        func keepAliveReloadsOfTheVaporAppFailNothing(_ mode: String) throws {
+            try Self.reloadUnderKeepAliveLoad(CookbookTests.vaporApp, mode: mode)
+        }
+
         /// The privilege-separation pattern: serve as root, workers dropped to nobody by `setpriv`.
         /// In shared mode readiness travels over `$NOTIFY_SOCKET`, which nobody must be able to reach.
         @Test(.enabled(if: geteuid() == 0, "needs root to run workers as nobody"), arguments: ["handoff", "shared"])

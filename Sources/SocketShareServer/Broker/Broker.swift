@@ -28,7 +28,8 @@ public final class Broker: Service, @unchecked Sendable {
         /// ``group``, enterable by that group only (`0710`).
         public var socketPath: String
         /// The most shares held at once, pid-targeted and named together; deposits beyond are
-        /// refused. Lowered at start to what the descriptor limit allows (``Capacity``).
+        /// refused. Lowered at start to what the descriptor limit allows, less a reserve kept for
+        /// `status` and for root's and the broker's own user's requests (`docs/SECURITY.md`).
         public var maximumShares: Int
         /// The most shares one depositor uid may hold at once, for every uid; nil for the automatic
         /// quota: a quarter of ``maximumShares`` for each uid other than root and the broker's own.
@@ -92,7 +93,7 @@ public final class Broker: Service, @unchecked Sendable {
     /// Prepares the socket's directory, checks no broker already serves there, and binds.
     /// Nothing is served until ``run()``.
     ///
-    /// - Throws: ``SocketShareError``: `permissionDenied` when the directory is not private (or not
+    /// - Throws: `SocketShareError`: `permissionDenied` when the directory is not private (or not
     ///   of the group); `invalidArgument` when a broker already answers at the path, or something
     ///   other than a socket is there.
     public convenience init(configuration: Configuration, logger: Logger) throws(SocketShareError) {
@@ -152,7 +153,7 @@ public final class Broker: Service, @unchecked Sendable {
     /// everything over. On a plain stop, every held share is closed (and logged); after a
     /// takeover, the successor has them.
     ///
-    /// - Throws: ``SocketShareError`` when the broker's thread cannot start.
+    /// - Throws: `SocketShareError` when the broker's thread cannot start.
     public func run() async throws {
         try holder.start()
         holder.reactor.execute { [self] in armNamedTimer() }

@@ -16,7 +16,7 @@ public struct ListenerSpecification: Hashable, Sendable, CustomStringConvertible
 
     /// Parses `[NAME=]ADDR`; without a name, `listener<index>`.
     ///
-    /// - Throws: ``SocketShareError`` with code `invalidArgument` for a bad name or address.
+    /// - Throws: `SocketShareError` with code `invalidArgument` for a bad name or address.
     public init(parsing text: String, index: Int) throws(SocketShareError) {
         var name = "listener\(index)"
         var address = text

@@ -186,10 +186,12 @@ public final class Supervisor: Service, @unchecked Sendable {
     /// sockets, and prepares the dispatcher in handoff mode. No worker runs until ``run()``.
     ///
     /// - Parameters:
+    ///   - configuration: Listeners, mode, workers and their command, the control socket, timeouts.
     ///   - successorArguments: The arguments an upgrade starts the new binary with; its channel to
     ///     this supervisor is descriptor 3, named by `$SOCKSHARE_PREDECESSOR_FD`, and it takes
     ///     over with ``succeeding(channelDescriptor:successorArguments:logger:)``.
-    /// - Throws: ``SocketShareError`` with code `invalidArgument` naming the setting at fault.
+    ///   - logger: Where the supervisor, its dispatcher and its control socket log.
+    /// - Throws: `SocketShareError` with code `invalidArgument` naming the setting at fault.
     public convenience init(configuration: Configuration, successorArguments: [String], logger: Logger) throws(SocketShareError) {
         if configuration.externalWorkers != nil, configuration.mode != .handoff {
             throw SocketShareError(
@@ -377,7 +379,7 @@ public final class Supervisor: Service, @unchecked Sendable {
     /// graceful shutdown or cancellation, then drains them and returns; or until an upgrade has
     /// handed everything to a successor, then returns without touching the workers.
     ///
-    /// - Throws: ``SocketShareError`` when the supervisor's threads cannot start.
+    /// - Throws: `SocketShareError` when the supervisor's threads cannot start.
     public func run() async throws {
         try dispatcher?.start()
         reactor.execute { [self] in begin() }

@@ -49,7 +49,7 @@ public struct SupervisorClient: Sendable {
     /// The control socket of the one `sockshare serve` running in the standard runtime directory,
     /// which must be this user's or root's.
     ///
-    /// - Throws: ``SocketShareError`` with code `notFound` when there is none, or several.
+    /// - Throws: `SocketShareError` with code `notFound` when there is none, or several.
     public static func discover() throws(SocketShareError) -> String {
         let directory = RuntimeDirectory.standardPath
         if let info = try Kernel.linkStatus(directory), info.st_uid != geteuid(), info.st_uid != 0 {

@@ -95,3 +95,115 @@ struct LoadClient {
         return shared.withLock { $0 }
     }
 }
+
+/// A bounded closed-loop keep-alive HTTP/1.1 client, as `wrk` loads a server: each thread keeps one
+/// connection and sends its next request as soon as the previous answer is in, until told to stop
+/// (at most `timeout` per answer). An answer that says `Connection: close` ends the connection
+/// cleanly, and the thread opens a new one; a connection that ends (or resets) while a request is
+/// unanswered is a failed request — what a reload under load must never cause. Loopback only.
+final class KeepAliveLoad: Sendable {
+    struct Result: CustomStringConvertible {
+        var requests = 0
+        var answered = 0
+        /// Sent, and the connection ended or reset before the answer (or the answer was not 2xx).
+        var failed = 0
+        var timedOut = 0
+        /// Connections the server ended after an answer that said `Connection: close`.
+        var closedCleanly = 0
+        var refused = 0
+
+        var description: String {
+            "requests \(requests), answered \(answered), failed \(failed), timed out \(timedOut), closed cleanly \(closedCleanly), "
+                + "refused \(refused)"
+        }
+    }
+
+    private let address: SocketAddress
+    private let connections: Int
+    private let timeout: Duration
+    private let stopping = Atomic(false)
+    private let finished = Atomic(0)
+    private let shared = Locked(Result())
+
+    /// Starts `connections` threads loading `address`.
+    init(address: SocketAddress, connections: Int = 8, timeout: Duration = .seconds(10)) throws {
+        self.address = address
+        self.connections = connections
+        self.timeout = timeout
+        for _ in 0..<connections {
+            try DetachedThread.start { [self] in
+                run()
+                finished.add(1, ordering: .releasing)
+            }
+        }
+    }
+
+    /// Stops the load (each thread finishes the request it is on) and returns the tally.
+    func stop() -> Result {
+        stopping.store(true, ordering: .releasing)
+        while finished.load(ordering: .acquiring) < connections {
+            var pause = timespec(tv_sec: 0, tv_nsec: 2_000_000)
+            nanosleep(&pause, nil)
+        }
+        return shared.withLock { $0 }
+    }
+
+    /// The tally so far.
+    var result: Result { shared.withLock { $0 } }
+
+    private func run() {
+        var socket: SocketDescriptor?
+        defer { try? socket?.close() }
+        let request = Array("GET / HTTP/1.1\r\nHost: test\r\n\r\n".utf8)
+        while !stopping.load(ordering: .acquiring) {
+            if socket == nil {
+                socket = try? SocketDescriptor.connected(to: address)
+                if socket == nil {
+                    shared.withLock { $0.refused += 1 }
+                    continue
+                }
+            }
+            shared.withLock { $0.requests += 1 }
+            let outcome = exchange(request, on: socket!)
+            shared.withLock { result in
+                switch outcome {
+                case .answered(let close):
+                    result.answered += 1
+                    if close { result.closedCleanly += 1 }
+                case .failed: result.failed += 1
+                case .timedOut: result.timedOut += 1
+                }
+            }
+            switch outcome {
+            case .answered(false): break
+            default:
+                try? socket?.close()
+                socket = nil
+            }
+        }
+    }
+
+    private enum Outcome { case answered(close: Bool), failed, timedOut }
+
+    /// Sends one request and reads its answer: the head to the blank line, then Content-Length bytes.
+    private func exchange(_ request: [UInt8], on socket: SocketDescriptor) -> Outcome {
+        guard (try? socket.sendAll(request)) != nil else { return .failed }
+        var received: [UInt8] = []
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if let end = received.firstRange(of: Array("\r\n\r\n".utf8)) {
+                let head = String(decoding: received[..<end.lowerBound], as: UTF8.self).lowercased()
+                let lengthLine = head.split(separator: "\r\n").first { $0.hasPrefix("content-length:") }
+                let length = lengthLine.flatMap { Int(String($0.dropFirst(15)).trimmingSpaces) } ?? 0
+                if received.count - end.upperBound >= length {
+                    guard head.hasPrefix("http/1.1 2") || head.hasPrefix("http/1.0 2") else { return .failed }
+                    return .answered(close: head.contains("connection: close"))
+                }
+            }
+            guard let readable = try? socket.waitUntilReadable(deadline: deadline) else { return .failed }
+            if !readable { return .timedOut }
+            guard let chunk = try? socket.receive(), !chunk.isEmpty else { return .failed }
+            received += chunk
+        }
+    }
+}
